@@ -60,6 +60,11 @@ def round_as_float64(a: np.ndarray, dtype: str) -> np.ndarray:
     return np.asarray(round_to(a, dtype), dtype=np.float64)
 
 
+def smallest_subnormal(dtype: str) -> float:
+    """The smallest positive subnormal of `dtype`: the spacing of the format at zero."""
+    return 2.0 ** (_MIN_EXP[dtype] - _PRECISION[dtype] + 1)
+
+
 def ulp(a: np.ndarray, dtype: str) -> np.ndarray:
     """Spacing of `dtype` at the magnitude of each value of `a` (the size of one unit in the last place)."""
     a = np.abs(np.asarray(a, dtype=np.float64))

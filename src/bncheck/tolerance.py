@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cases import Case
-from .dtypes import accumulation_dtype, ulp, unit_roundoff
+from .dtypes import accumulation_dtype, smallest_subnormal, unit_roundoff
 from .inputs import Inputs
 from .reference import Reference, _physical, _rows, quantity_of
 
@@ -118,8 +118,8 @@ def compute_bounds(case: Case, inputs: Inputs, ref: Reference, *, accumulation: 
                 if case.affine:
                     bounds[f"{phase}.dgamma"] = e_dgamma + up * np.abs(ref.values[f"{phase}.dgamma"])
                     bounds[f"{phase}.dbeta"] = e_dbeta + up * np.abs(ref.values[f"{phase}.dbeta"])
-    # never a zero bound: the floor is the smallest subnormal of the quantity's output format
+    # never a zero bound: the floor is the smallest subnormal of the quantity's output format; NaN means no bound
     for key, b in bounds.items():
-        floor = float(ulp(np.zeros(1), output_dtype(case, quantity_of(key)))[0])
-        bounds[key] = np.maximum(np.nan_to_num(b, nan=np.inf, posinf=np.inf), floor)
+        b = np.asarray(b, dtype=np.float64)
+        bounds[key] = np.maximum(np.where(np.isnan(b), np.inf, b), smallest_subnormal(output_dtype(case, quantity_of(key))))
     return bounds
