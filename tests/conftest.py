@@ -1,4 +1,4 @@
-"""Shared fixtures: paths, a helper to run the real `bncheck` command in a subprocess."""
+"""Shared fixtures: paths, a helper to run the real `bncheck` command in a subprocess, per-module framework workers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
+
+if TYPE_CHECKING:
+    from bncheck.pool import WorkerHandle
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = Path(__file__).resolve().parent / "plugins"
@@ -33,3 +37,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def cli():
     """The run_cli helper."""
     return run_cli
+
+
+@pytest.fixture(scope="module")
+def workers() -> Iterator[dict[str, WorkerHandle]]:
+    """Framework workers keyed by the test module's choice (framework or backend), started by the tests on first
+    use and stopped after the module."""
+    started: dict[str, WorkerHandle] = {}
+    yield started
+    for w in started.values():
+        w.stop()

@@ -13,7 +13,7 @@ import importlib.util
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -51,15 +51,6 @@ CASES: list[dict[str, Any]] = [
     {"shape": [8, 4, 5, 5], "grad": True, "dtype": "float16", "param_dtype": "float16", "mode": "trajectory"},
     {"shape": [8, 4, 5, 5], "grad": True, "dtype": "bfloat16", "param_dtype": "bfloat16"},
 ]
-
-
-@pytest.fixture(scope="module")
-def workers() -> Iterator[dict[str, WorkerHandle]]:
-    """One worker per backend, started on first use and stopped after the module."""
-    started: dict[str, WorkerHandle] = {}
-    yield started
-    for w in started.values():
-        w.stop()
 
 
 def _worker(workers: dict[str, WorkerHandle], backend: str) -> WorkerHandle:

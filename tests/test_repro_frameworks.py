@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -61,15 +61,6 @@ g["main"]()
 np.savez(dest, **{k: np.asarray(v) for k, v in saved.items()})
 """
 ROW = re.compile(r"^(\S+\.\S+)\s+([0-9.e+-]+|inf|nan)\s+([0-9.e+-]+|inf|nan)\s+\[")
-
-
-@pytest.fixture(scope="module")
-def workers() -> Iterator[dict[str, WorkerHandle]]:
-    """One worker per framework, started on first use and stopped after the module."""
-    started: dict[str, WorkerHandle] = {}
-    yield started
-    for w in started.values():
-        w.stop()
 
 
 def _need(family: str) -> None:
