@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from bncheck.cases import ARRAYS, DISTS, FIELDS, CaseError, CaseFileError, case_from_dict, load_case_file
+from bncheck.cases import ARRAYS, FIELDS, CaseError, CaseFileError, case_from_dict, load_case_file
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                             HealthCheck.function_scoped_fixture])

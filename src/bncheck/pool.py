@@ -115,6 +115,7 @@ class WorkerHandle:
         self.stderr_file: Any = None
         self.restarts = 0
         self.generation = 0  # incremented at every start: a new process has none of the old one's state
+        self.closed = False  # set by stop(): no restart after that
 
     def clone(self) -> "WorkerHandle":
         """A new, not yet started handle for another worker of the same framework, plugins, environment and limit."""
@@ -123,6 +124,8 @@ class WorkerHandle:
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         """Start the worker process (its stderr goes to a private temporary file)."""
+        if self.closed:
+            raise RuntimeError(f"the {self.framework} worker was stopped; bncheck is shutting down")
         cmd = [sys.executable, "-m", "bncheck.worker", "--framework", self.framework, "--parent", str(os.getpid())]
         for p in self.plugins:
             cmd += ["--plugin", p]
@@ -138,45 +141,53 @@ class WorkerHandle:
 
     def alive(self) -> bool:
         """True while the process runs."""
-        return self.proc is not None and self.proc.poll() is None
+        proc = self.proc
+        return proc is not None and proc.poll() is None
 
     def kill(self) -> None:
         """Kill the worker's whole process group and reap it."""
-        if self.proc is None:
+        proc, self.proc = self.proc, None  # claimed first: another thread may be closing it too
+        if proc is None:
             return
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         try:
-            self.proc.wait(timeout=10)
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        for s in (self.proc.stdin, self.proc.stdout):
+        for s in (proc.stdin, proc.stdout):
             try:
                 s and s.close()
             except OSError:
                 pass
-        self.proc = None
 
     def stop(self) -> None:
-        """Ask the worker to exit, then make sure it has."""
-        if self.alive():
+        """Ask the worker to exit, then make sure it has; a stopped handle starts no new process."""
+        self.closed = True
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
             try:
-                protocol.send(self.proc.stdin, {"op": "exit"})  # type: ignore[union-attr]
-                self.proc.wait(timeout=5)  # type: ignore[union-attr]
+                protocol.send(proc.stdin, {"op": "exit"})  # type: ignore[arg-type]
+                proc.wait(timeout=5)
             except (OSError, subprocess.TimeoutExpired):
                 pass
         self.kill()
-        if self.stderr_file is not None:
-            self.stderr_file.close()
-            self.stderr_file = None
+        self._close_stderr()
+
+    def _close_stderr(self) -> None:
+        f, self.stderr_file = self.stderr_file, None
+        if f is not None:
+            f.close()
 
     def ask_to_exit(self) -> None:
-        """Send the exit request without waiting (see stop_all)."""
-        if self.alive():
+        """Send the exit request without waiting (see stop_all); from now on the handle starts no new process."""
+        self.closed = True
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
             try:
-                protocol.send(self.proc.stdin, {"op": "exit"})  # type: ignore[union-attr]
+                protocol.send(proc.stdin, {"op": "exit"})  # type: ignore[arg-type]
             except OSError:
                 pass
 
@@ -184,7 +195,7 @@ class WorkerHandle:
         """Start the worker, replacing a dead or hung one (counted as a restart)."""
         if self.stderr_file is not None:
             self.kill()
-            self.stderr_file.close()
+            self._close_stderr()
             self.restarts += 1
         self.start()
 
@@ -282,6 +293,4 @@ def stop_all(handles: list[WorkerHandle], grace: float = 0.5) -> None:
                 pass
     for w in handles:  # kill stragglers, reap, close the stderr files
         w.kill()
-        if w.stderr_file is not None:
-            w.stderr_file.close()
-            w.stderr_file = None
+        w._close_stderr()
