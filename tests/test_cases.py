@@ -159,6 +159,27 @@ def test_regime_extensions_validate(patch, field):
     assert info.value.field == field
 
 
+def test_channel_keys_naming_the_same_channel_are_rejected(tmp_path):
+    """"1" and "01" both mean channel 1: rather than one silently overriding the other, the file is rejected with
+    one line naming file, line, field, both keys and the fix; distinct channels (and "10" beside "1") still load."""
+    x = {"dist": "normal", "loc": 0, "scale": 1,
+         "channels": {"1": {"dist": "constant", "value": 1.0}, "01": {"dist": "constant", "value": 2.0}}}
+    p = tmp_path / "dup.jsonl"
+    p.write_text(json.dumps({"shape": [4, 3, 5]}) + "\n" + json.dumps({"shape": [4, 3, 5], "regime": {"name": "r", "x": x}}) + "\n")
+    with pytest.raises(CaseFileError) as info:
+        load_case_file(p)
+    assert str(info.value) == (f'{p}:2: regime.x.channels: keys "1" and "01" both name channel 1 '
+                               '(keep one key per channel, written without leading zeros ("1"))')
+    with pytest.raises(CaseError) as err:  # whichever order the keys come in
+        case_from_dict({"shape": [2, 12], "regime": {"dy": {"dist": "constant", "value": 0,
+                                                            "channels": {"007": {"dist": "constant", "value": 1},
+                                                                         "7": {"dist": "constant", "value": 2}}}}})
+    assert err.value.field == "regime.dy.channels" and '"7" and "007"' in err.value.problem
+    ok = case_from_dict({"shape": [2, 12], "regime": {"x": {"dist": "normal", "loc": 0, "scale": 1, "channels": {
+        "1": {"dist": "constant", "value": 1}, "10": {"dist": "constant", "value": 2}}}}})
+    assert sorted(ok.regime["x"]["channels"]) == ["1", "10"]
+
+
 def test_data_backed_case_is_verified_at_load(tmp_path, monkeypatch):
     """A case whose arrays come from an .npz loads them exactly; an altered file is a located load error."""
     import hashlib

@@ -256,10 +256,16 @@ def _validate_dist(name: str, spec: Any, where: str = "", nested: bool = False) 
             raise CaseError(f"{where}.channels", "must map channel indices to distributions",
                             'e.g. {"0": {"dist": "constant", "value": 2.0}}')
         out["channels"] = {}
+        key_of: dict[str, str] = {}  # channel index -> the key that named it
         for k in sorted(ch, key=lambda k: (len(k), k)):
             if not (k.isascii() and k.isdigit()):
                 raise CaseError(f"{where}.channels", f"key {json.dumps(k)} is not a channel index", "use \"0\", \"1\", ...")
-            out["channels"][str(int(k))] = _validate_dist(name, ch[k], f"{where}.channels.{k}", nested=True)
+            index = str(int(k))
+            if index in key_of:  # "1" and "01": one would silently override the other
+                raise CaseError(f"{where}.channels", f"keys {json.dumps(key_of[index])} and {json.dumps(k)} both name channel {index}",
+                                f"keep one key per channel, written without leading zeros (\"{index}\")")
+            key_of[index] = k
+            out["channels"][index] = _validate_dist(name, ch[k], f"{where}.channels.{k}", nested=True)
     if "inject" in spec:
         out["inject"] = _validate_inject(f"{where}.inject", spec["inject"])
     return out
