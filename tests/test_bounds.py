@@ -501,3 +501,73 @@ def test_bound_floor_is_the_smallest_subnormal(dtype: str) -> None:
     assert not verdicts["train0.dx"].passed
     assert floors["dx"] == tiny[dtype]
     assert floors["dgamma"] == floors["dbeta"] == tiny[case.param_dtype]
+
+
+# ---- the weaker-kernel models of the diagnosis hold their own kernels ---------------------------------------
+def _within_model(case: Case, k: Kernel, **model: Any) -> tuple[float, int, int]:
+    """(worst ratio over the constrained elements, NaN elements, unconstrained elements) of kernel `k` under
+    compute_bounds(**model); a NaN observation is only allowed where the model's bound is +inf (unconstrained)."""
+    inputs, refs, _ = prepared(case)
+    ref = refs["unbiased"]
+    bounds = compute_bounds(case, inputs, ref, **model)
+    obs = emulate(case, inputs, k)
+    worst, nans, free_n = 0.0, 0, 0
+    for key, o in obs.items():
+        b = np.broadcast_to(bounds[key], o.shape)
+        free = ~np.isfinite(b)
+        free_n += int(free.sum())
+        nan = np.isnan(o) & ~np.isnan(ref.values[key])
+        nans += int(nan.sum())
+        assert not (nan & ~free).any(), f"{key}: NaN where the model bounds the value"
+        with np.errstate(all="ignore"):
+            r = np.where(free | np.isnan(o), 0.0, np.abs(o - ref.values[key]) / b)
+        worst = max(worst, float(r.max(initial=0.0)))
+    return worst, nans, free_n
+
+
+@pytest.mark.parametrize("loc", [0.0, 1e1, 1e2, 3e2, 1e3, 3e3, 1e4, 1e5])
+def test_one_pass_model_holds_a_one_pass_kernel(loc: float) -> None:
+    """The one-pass precision model (interval propagation through 1/sqrt(v + eps)) bounds a float32 one-pass kernel
+    at every mean offset, including those where the variance cancels to 0 or below (its invstd, y and dx are then
+    NaN or arbitrary, and the model leaves exactly those elements unconstrained); batch and running statistics stay
+    constrained throughout."""
+    for seed in range(3):
+        case = mk([8, 6, 6, 6], regime={"name": f"offset{loc:g}", "x": {"dist": "normal", "loc": loc, "scale": 1.0}},
+                  grad=True, mode="trajectory", steps=2, seed=seed)
+        worst, nans, free_n = _within_model(case, Kernel(variance="one-pass"), variance="one-pass")
+        RATIOS[f"M one-pass model, offset {loc:g}, seed {seed}"] = f"worst {worst:.3g}, NaN {nans}, unconstrained {free_n}"
+        assert worst <= 1.0
+        inputs, refs, _ = prepared(case)
+        b = compute_bounds(case, inputs, refs["unbiased"], variance="one-pass")
+        for q in ("batch_mean", "batch_var", "batch_var_unbiased", "running_mean", "running_var", "dbeta"):
+            assert np.isfinite(b[f"train0.{q}"]).all(), q
+        if loc <= 1e2:
+            assert free_n == 0, "the variance cannot cancel at small offsets: every element is constrained"
+        if loc >= 1e4:
+            assert free_n > 0
+
+
+@pytest.mark.parametrize("loc", [0.0, 1e2, 1e4])
+def test_combined_model_holds_a_float32_one_pass_kernel_on_float64(loc: float) -> None:
+    """float64 data computed in float32 in one pass stays within the combined model's bound."""
+    case = mk([8, 6, 6, 6], dtype="float64", regime={"name": f"offset{loc:g}", "x": {"dist": "normal", "loc": loc, "scale": 1.0}},
+              grad=True, mode="trajectory", steps=2)
+    worst, _, _ = _within_model(case, Kernel(acc=np.float32, variance="one-pass"),
+                                accumulation="float32", output="float32", variance="one-pass")
+    RATIOS[f"M one-pass float32 model on float64, offset {loc:g}"] = f"worst {worst:.3g}"
+    assert worst <= 1.0
+
+
+def test_one_pass_interval_is_not_first_order() -> None:
+    """Where the one-pass variance error is a large fraction of the variance, the invstd bound is the interval's
+    (1/sqrt(var - e_var + eps) - s), larger than the first-order 0.5 s e_var / var; where it is small they agree."""
+    from bncheck.tolerance import _invstd_interval
+    var, eps, ua = np.array([1.0, 1.0, 1.0]), 1e-5, 2.0**-24
+    s = 1.0 / np.sqrt(var + eps)
+    e = np.array([1e-6, 0.75, 2.0])
+    b = _invstd_interval(var, e, eps, s, ua)
+    first_order = 0.5 * s * e / (var + eps)
+    rounding = 3 * ua * s  # the add, sqrt and divide
+    assert b[0] == pytest.approx(first_order[0] + rounding[0], rel=1e-3)
+    assert b[1] == pytest.approx(1.0 / np.sqrt(0.25 + eps) - s[1], rel=1e-5) and b[1] > 2.5 * first_order[1]
+    assert np.isinf(b[2])  # var - e_var + eps < 0: any invstd (or NaN) is possible

@@ -34,18 +34,38 @@ def gamma_k(k: int | float, u: float) -> float:
     return float(min(LAMBDA * np.sqrt(k), det) * u)
 
 
+def _invstd_interval(v: np.ndarray, e_v: np.ndarray, eps: float, s: np.ndarray, ua: float) -> np.ndarray:
+    """Bound on |computed 1/sqrt(v' + eps) - s| for any computed variance v' in [v - e_v, v + e_v] (clamped or not).
+
+    1/sqrt is decreasing and convex, so the largest deviation is at an end of the interval; +inf where
+    v - e_v + eps <= 0 (a kernel may then return any invstd >= 1/sqrt(eps), or NaN). Plus the add, sqrt
+    and divide roundings at the larger invstd.
+    """
+    lo = v - e_v + eps
+    s_lo = 1.0 / np.sqrt(v + e_v + eps)
+    s_hi = np.where(lo > 0, 1.0 / np.sqrt(np.where(lo > 0, lo, 1.0)), np.inf)
+    dev = np.maximum(s_hi - s, s - s_lo)
+    return dev + 3 * ua * np.where(np.isfinite(s_hi), s_hi, np.inf)
+
+
 def compute_bounds(case: Case, inputs: Inputs, ref: Reference, *, accumulation: str | None = None,
                    output: str | None = None, variance: str = "two-pass") -> dict[str, np.ndarray]:
     """Absolute error bound for every reference quantity, broadcastable to its values.
 
     The defaults describe a correct kernel. The keywords describe a weaker one, for diagnosis:
     `accumulation` / `output` name the dtype sums and outputs are computed in, and
-    `variance="one-pass"` models E[x^2] - E[x]^2, whose error scales with E[x^2] instead of var.
+    `variance="one-pass"` models E[x^2] - E[x]^2, whose error e_var scales with E[x^2] instead of var.
+    That error can exceed the variance itself (catastrophic cancellation): the one-pass model then bounds
+    the computed variance in [var - e_var, var + e_var] (a kernel may clamp it at 0) and propagates the
+    interval through 1/sqrt(v + eps) exactly instead of to first order. Where v + eps can reach 0 the
+    kernel may return anything from 1/sqrt(eps) to NaN: the bound is +inf there, meaning "unconstrained"
+    (nothing follows from the hypothesis for those elements), not "any error is explained".
     """
     ua = unit_roundoff(accumulation or accumulation_dtype(case.dtype))
     ui = unit_roundoff(output or case.dtype)
     up = max(unit_roundoff(case.param_dtype), ui if output else 0.0)
     m = case.momentum
+    one_pass = variance == "one-pass"
     bounds: dict[str, np.ndarray] = {}
     err_rm = np.zeros(case.channels)  # error carried by the running statistics from earlier steps
     err_rv = np.zeros(case.channels)
@@ -64,8 +84,11 @@ def compute_bounds(case: Case, inputs: Inputs, ref: Reference, *, accumulation: 
                 e_var = (g + 3 * ua) * st.var + 2 * e_mean**2
             if st.batch_stats:
                 s, centre = st.invstd, st.mean
-                # 1/sqrt(var + eps): half the relative error of var + eps, plus the add, sqrt and divide
-                e_s = s * (0.5 * (e_var + ua * (st.var + case.eps)) / (st.var + case.eps) + 2 * ua)
+                if one_pass:
+                    e_s = _invstd_interval(st.var, e_var, case.eps, s, ua)
+                else:
+                    # 1/sqrt(var + eps): half the relative error of var + eps, plus the add, sqrt and divide
+                    e_s = s * (0.5 * (e_var + ua * (st.var + case.eps)) / (st.var + case.eps) + 2 * ua)
                 # statistics are stored in the parameter dtype (float16 for an all-float16 module), and y may use them
                 e_centre = e_mean + up * np.abs(st.mean)
                 e_s = e_s + up * s
@@ -78,11 +101,18 @@ def compute_bounds(case: Case, inputs: Inputs, ref: Reference, *, accumulation: 
                 s, centre = st.invstd, st.running_mean_in
                 rv = st.running_var_in
                 e_centre = err_rm
-                e_s = s * (0.5 * (err_rv + ua * (np.abs(rv) + case.eps)) / np.abs(rv + case.eps) + 2 * ua)
+                if one_pass:  # the running variance carries the one-pass error, possibly beyond rv itself
+                    e_s = _invstd_interval(rv, err_rv, case.eps, s, ua)
+                else:
+                    e_s = s * (0.5 * (err_rv + ua * (np.abs(rv) + case.eps)) / np.abs(rv + case.eps) + 2 * ua)
             d = np.abs(X - centre)
             xhat = d * s
             y = np.abs(st.gamma * (X - centre) * s + st.beta)
-            e_xhat = s * (e_centre + 4 * ua * (np.abs(X) + np.abs(centre))) + d * e_s
+            # the centre's and the element-wise rounding errors are scaled by the computed invstd, at most s + e_s;
+            # the two-pass model keeps the first-order s (e_s << s there)
+            s_up = s + e_s if one_pass else s
+            r = s_up / s if one_pass else 1.0  # how much larger the computed invstd may be than the exact one
+            e_xhat = s_up * (e_centre + 4 * ua * (np.abs(X) + np.abs(centre))) + d * e_s
             # y = a*x + b with a = gamma*s and b = beta - centre*a formed in the parameter dtype (or wider)
             uc = max(ua, up)
             e_y = ag * e_xhat + 2 * uc * (ag * xhat + ab + ag * s * np.abs(centre)) + ui * y
@@ -101,7 +131,7 @@ def compute_bounds(case: Case, inputs: Inputs, ref: Reference, *, accumulation: 
                 dY = np.abs(_rows(case, inputs[f"{phase}.dy"], np.float64))
                 sum_dy = st.extras["abs_dy_mean"] * n
                 e_dbeta = gamma_k(n, ua) * sum_dy
-                e_dgamma = gamma_k(n, ua) * st.extras["abs_dy_xhat_mean"] * n + (dY * e_xhat).sum(axis=0)
+                e_dgamma = gamma_k(n, ua) * st.extras["abs_dy_xhat_mean"] * n * r + (dY * e_xhat).sum(axis=0)
                 if st.batch_stats:
                     mdyx = np.abs(st.extras["dy_xhat_mean"])
                     inner = dY + np.abs(st.extras["dy_mean"]) + xhat * mdyx
@@ -111,9 +141,15 @@ def compute_bounds(case: Case, inputs: Inputs, ref: Reference, *, accumulation: 
                     )
                     dx = np.abs(_rows(case, ref.values[f"{phase}.dx"], np.float64))
                     e_dx = ag * s * e_inner + dx * (e_s / s + 2 * ua) + ui * dx
+                    if one_pass:
+                        # dx = gamma s (dy - mean dy) - gamma s^3 (x - mu) mean(dy (x - mu)) is cubic in s: the
+                        # first-order terms above grow at most by r^3 when s grows to r s
+                        e_dx = e_dx * r**3
                 else:
                     dx = ag * s * dY
                     e_dx = dx * (e_s / s + 3 * ua) + ui * dx
+                    if one_pass:
+                        e_dx = e_dx + ui * dx * (r - 1)  # the final rounding is of the larger computed value
                 bounds[f"{phase}.dx"] = _physical(case, e_dx)
                 if case.affine:
                     bounds[f"{phase}.dgamma"] = e_dgamma + up * np.abs(ref.values[f"{phase}.dgamma"])
