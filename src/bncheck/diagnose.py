@@ -5,8 +5,25 @@ batch mean -> batch variance -> normalisation/affine output -> running mean -> r
 gradients (earliest phase first), the channels involved and how the error follows their conditioning,
 then evaluates alternative formulas (eps outside the root, the other variance in the running update or
 the normalisation, momentum as 1-m, float32 eps and momentum, batch statistics in eval, ...) and weaker
-algorithms (one-pass variance, accumulation in a narrower dtype) against the observation. The hypothesis
-that brings every deviating quantity it models back within its bound, with the smallest residual, wins.
+algorithms (one-pass variance, accumulation in a narrower dtype, and the two combined) against the
+observation.
+
+A hypothesis *explains* the execution when every deviating quantity it models comes back within its bound
+under it (residual = worst error / bound <= 1) and it constrains at least one of them everywhere. An
+element where a precision model's bound is +inf is *unconstrained*: the model predicts nothing there (a
+one-pass variance that may have cancelled to 0 or below gives any invstd, or NaN), so the element is left
+out of the residual; a hypothesis that constrains no deviating quantity explains nothing.
+
+Among the hypotheses that explain, the winner is chosen by these rules, in order:
+1. the one that models the most deviating quantities;
+2. an alternative formula (an exact, different computation) before a precision model (the same computation
+   done less precisely): a formula predicts values, a precision model only widens bounds;
+3. among formulas, the smallest residual (the closest match);
+4. among precision models, the *tightest* bound: the smallest geometric-mean inflation of its bound over the
+   correct kernel's bound, on the deviating quantities' elements that every explaining precision model
+   constrains (averaged per quantity), then the fewest unconstrained elements. A looser model (float16
+   sums, or two weaknesses combined) explains everything a tighter one does and more, so it says less; it
+   wins only when no tighter model explains the observation.
 """
 
 from __future__ import annotations
@@ -86,6 +103,12 @@ HYPOTHESES = {h.name: h for h in (
     Hypothesis("one-pass-variance", "precision", "the variance is computed in one pass, E[x^2] - E[x]^2, which cancels when |mean| >> std"),
     Hypothesis("float32-computation", "precision", "a float64 computation is carried out in float32"),
     Hypothesis("input-dtype-accumulation", "precision", "sums and intermediates are kept in the (half-precision) input dtype"),
+    # two weaknesses at once: the one-pass variance computed in the narrower arithmetic
+    Hypothesis("one-pass-variance+float32-computation", "precision",
+               "a float64 computation is carried out in float32 and its variance in one pass, E[x^2] - E[x]^2"),
+    Hypothesis("one-pass-variance+input-dtype-accumulation", "precision",
+               "sums and intermediates are kept in the (half-precision) input dtype and the variance is computed in "
+               "one pass, E[x^2] - E[x]^2"),
 )}
 
 
@@ -128,54 +151,120 @@ def _float32_params(case: Case, conventions: Conventions) -> Case:
     return case.replace(eps=f32(case.eps), momentum=min(max(momentum, 0.0), 1.0))
 
 
-def _candidates(case: Case, inputs: Inputs, refs: dict[str, Reference], conventions: Conventions
-                ) -> list[tuple[str, Callable[[], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]]]:
-    """(hypothesis, thunk returning (alternative values, bounds)) for every hypothesis that applies to the case."""
+Values = dict[str, np.ndarray]
+Thunk = Callable[[], tuple[Values, Values]]
+
+
+@dataclass
+class _Candidate:
+    """A hypothesis that applies to the case: how to evaluate it, and which keys it can change.
+
+    `touches(key)` is False only for keys whose value and bound are certainly the declared convention's
+    (a running-statistics hypothesis leaves a training y alone); None: any key may change. When no deviating
+    key is touched, the residual is the verdicts' own worst ratio and nothing needs computing.
+    """
+
+    name: str
+    thunk: Thunk
+    touches: Callable[[str], bool] | None = None
+    keys: frozenset[str] | None = None  # the only keys its values hold, when it models a few (None: every key)
+
+
+def _running_only(case: Case) -> Callable[[str], bool]:
+    """Keys a change of the running update can reach: the running statistics, and everything in eval."""
+    return lambda key: quantity_of(key) in ("running_mean", "running_var") or phase_of(key) == "eval"
+
+
+def _candidates(case: Case, inputs: Inputs, refs: dict[str, Reference], conventions: Conventions,
+                base_bounds: Callable[[], Values]) -> list[_Candidate]:
+    """Every hypothesis that applies to the case, in catalogue order."""
     declared = conventions.running_var
     ref = refs[declared]
-    out: list[tuple[str, Callable[[], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]]] = []
+    out: list[_Candidate] = []
 
-    def with_case(c: Case, rv: str = declared) -> Callable[[], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
-        def thunk() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-            r = compute_reference(c, inputs, rv)
+    def with_case(c: Case, rv: str = declared) -> Thunk:
+        def thunk() -> tuple[Values, Values]:
+            r = refs.get(rv) if c is case else None
+            if r is None or r.running_var != rv:
+                r = compute_reference(c, inputs, rv)
             return r.values, compute_bounds(c, inputs, r)
         return thunk
 
-    def precision(**kw: Any) -> Callable[[], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    def precision(**kw: Any) -> Thunk:
         return lambda: (ref.values, compute_bounds(case, inputs, ref, **kw))
 
-    base_bounds = lambda: compute_bounds(case, inputs, ref)  # noqa: E731
+    def variant(how: str) -> _Candidate:
+        keys = frozenset(_variant_keys(case, ref, how))
+        return _Candidate(how, lambda: (_variant_y(case, inputs, ref, how), base_bounds()), keys=keys)
+
     other = "biased" if declared == "unbiased" else "unbiased"
     training = any(p != "eval" for p in case.phases)
+    running = _running_only(case)
+    if training and case.per_channel == 1:
+        # n / max(n - 1, 1) at n = 1 is the biased update, and a batch_var_unbiased of 0 (the biased variance)
+        # where the exact one is 0/0: the same numbers as the biased convention, the more specific explanation
+        if case.track_running_stats and declared == "unbiased" or "batch_var_unbiased" in conventions.quantities:
+            out.append(_Candidate("bessel-clamped", _bessel_clamped(case, inputs, refs),
+                                  lambda key: running(key) or quantity_of(key) == "batch_var_unbiased"))
     if training and case.track_running_stats:
-        if case.per_channel == 1 and declared == "unbiased":
-            # n / max(n - 1, 1) at n = 1 is the biased update: the same numbers, the more specific explanation
-            out.append(("bessel-clamped", with_case(case, "biased")))
-        out.append((f"running-var-{other}", with_case(case, other)))
+        out.append(_Candidate(f"running-var-{other}", with_case(case, other), running))
         if 0.0 < case.momentum < 1.0:
-            out.append(("momentum-flipped", with_case(case.replace(momentum=1.0 - case.momentum))))
+            out.append(_Candidate("momentum-flipped", with_case(case.replace(momentum=1.0 - case.momentum)), running))
     if case.eps > 0:
-        out.append(("eps-ignored", with_case(case.replace(eps=0.0))))
-        out.append(("eps-outside-sqrt", lambda: (_variant_y(case, inputs, ref, "eps-outside-sqrt"), base_bounds())))
+        out.append(_Candidate("eps-ignored", with_case(case.replace(eps=0.0))))
+        out.append(variant("eps-outside-sqrt"))
         if float(np.float32(case.eps)) != case.eps or (case.track_running_stats and training):
-            out.append(("params-float32", with_case(_float32_params(case, conventions))))
+            out.append(_Candidate("params-float32", with_case(_float32_params(case, conventions))))
     if training:
-        out.append(("unbiased-normalisation", lambda: (_variant_y(case, inputs, ref, "unbiased-normalisation"), base_bounds())))
+        out.append(variant("unbiased-normalisation"))
         if case.track_running_stats:
-            for h in ("train-uses-running-stats", "blended-stats"):
-                out.append((h, lambda h=h: (_variant_y(case, inputs, ref, h), base_bounds())))
+            out.extend(variant(h) for h in ("train-uses-running-stats", "blended-stats"))
     if "eval" in case.phases and case.track_running_stats:
-        def eval_batch() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        def eval_batch() -> tuple[Values, Values]:
             c = case.replace(track_running_stats=False)
             r = compute_reference(c, inputs, declared)
             return {"eval.y": r.values["eval.y"], **({"eval.dx": r.values["eval.dx"]} if "eval.dx" in r.values else {})}, compute_bounds(c, inputs, r)
-        out.append(("eval-uses-batch-stats", eval_batch))
-    out.append(("one-pass-variance", precision(variance="one-pass")))
+        out.append(_Candidate("eval-uses-batch-stats", eval_batch, keys=frozenset({"eval.y", "eval.dx"} if case.grad else {"eval.y"})))
+    out.append(_Candidate("one-pass-variance", precision(variance="one-pass")))
     if case.dtype == "float64":
-        out.append(("float32-computation", precision(accumulation="float32", output="float32")))
+        out.append(_Candidate("float32-computation", precision(accumulation="float32", output="float32")))
+        out.append(_Candidate("one-pass-variance+float32-computation",
+                              precision(accumulation="float32", output="float32", variance="one-pass")))
     if case.dtype in ("float16", "bfloat16"):
-        out.append(("input-dtype-accumulation", precision(accumulation=case.dtype)))
+        out.append(_Candidate("input-dtype-accumulation", precision(accumulation=case.dtype)))
+        out.append(_Candidate("one-pass-variance+input-dtype-accumulation",
+                              precision(accumulation=case.dtype, variance="one-pass")))
     return out
+
+
+def _variant_keys(case: Case, ref: Reference, how: str) -> list[str]:
+    """The keys `_variant_y` returns for `how` (without computing them)."""
+    keys = []
+    for phase in case.phases:
+        st = ref.stats[phase]
+        if not st.batch_stats:
+            continue
+        if how in ("eps-outside-sqrt", "unbiased-normalisation"):
+            keys += [f"{phase}.batch_invstd", f"{phase}.y"]
+        elif st.running_mean_in is not None:
+            keys.append(f"{phase}.y")
+    return keys
+
+
+def _bessel_clamped(case: Case, inputs: Inputs, refs: dict[str, Reference]) -> Thunk:
+    """Values and bounds of a kernel whose Bessel factor is n / max(n - 1, 1), for a case with one value per channel."""
+    def thunk() -> tuple[Values, Values]:
+        r = refs.get("biased")
+        if r is None or r.running_var != "biased":
+            r = compute_reference(case, inputs, "biased")
+        values, bounds = dict(r.values), compute_bounds(case, inputs, r)
+        for phase in case.phases:
+            key = f"{phase}.batch_var_unbiased"
+            if key in values and r.stats[phase].n == 1:
+                # factor 1: the biased variance (0) with its bound, where the exact unbiased one is 0/0
+                values[key], bounds[key] = values[f"{phase}.batch_var"], bounds[f"{phase}.batch_var"]
+        return values, bounds
+    return thunk
 
 
 # ---- localisation ---------------------------------------------------------------------------------
@@ -185,41 +274,101 @@ def _chain_key(case: Case, key: str) -> tuple[int, int]:
 
 
 def _conditioning(case: Case, inputs: Inputs, ref: Reference, v: Verdict, obs: np.ndarray, bound: np.ndarray) -> dict[str, Any]:
-    """Per-channel conditioning of the first deviation, and whether the error follows it."""
+    """Per-channel conditioning of the first deviation, and whether the error follows it.
+
+    Channels are ranked by their *relative* error (worst |error| over the channel's largest |exact value|),
+    not by error / bound: the bound itself grows with the conditioning (|mean| / std), so ranking by it would
+    hide the ill-conditioned channels the error follows. The worst channel is the deviating channel with the
+    largest relative error (any channel when none deviates per element).
+    """
     st = ref.stats[v.phase]
+    expected = ref.values[v.key]
+    elementwise = v.quantity in ("y", "dx")
     with np.errstate(all="ignore"):
         offset = np.abs(st.mean) / np.sqrt(st.var)
         eps_ratio = case.eps / st.var
-        ratio = np.abs(np.asarray(obs, np.float64) - ref.values[v.key]) / np.broadcast_to(bound, ref.values[v.key].shape)
-        per_channel = flatten_channels(case, ratio).max(axis=0) if v.quantity in ("y", "dx") else ratio.reshape(-1)
-    worst = int(np.nanargmax(np.where(np.isfinite(per_channel), per_channel, np.inf))) if per_channel.size else 0
+        err = np.abs(np.asarray(obs, np.float64) - expected)
+        err = np.where(np.isnan(err), np.inf, err)
+        ratio = err / np.broadcast_to(bound, expected.shape)
+        if elementwise:
+            err_c = flatten_channels(case, err).max(axis=0)
+            scale = flatten_channels(case, np.abs(expected)).max(axis=0)
+            deviates = flatten_channels(case, ratio).max(axis=0) > 1.0
+        else:
+            err_c, scale, deviates = err.reshape(-1), np.abs(expected).reshape(-1), ratio.reshape(-1) > 1.0
+        scale = np.where(np.isfinite(scale), scale, np.nan)
+        relative = err_c / np.maximum(scale, np.finfo(np.float64).tiny)
+    relative = np.where(np.isnan(relative), np.inf, relative)
+    pool = np.flatnonzero(deviates) if deviates.any() else np.arange(relative.size)
+    worst = int(pool[np.argmax(relative[pool])]) if relative.size else 0
     info: dict[str, Any] = {
         "worst_channel": worst,
+        "relative_error": float(relative[worst]) if relative.size and np.isfinite(relative[worst]) else None,
         "mean_over_std": float(offset[worst]) if np.isfinite(offset[worst]) else None,
         "eps_over_var": float(eps_ratio[worst]) if np.isfinite(eps_ratio[worst]) else None,
         "gamma": float(st.gamma[worst]),
     }
-    ok = np.isfinite(per_channel) & np.isfinite(offset)
-    if ok.sum() >= 3 and np.ptp(offset[ok]) > 0 and np.ptp(per_channel[ok]) > 0:
+    ok = np.isfinite(relative) & np.isfinite(offset)
+    if ok.sum() >= 3 and np.ptp(offset[ok]) > 0 and np.ptp(relative[ok]) > 0:
         ranks = lambda a: np.argsort(np.argsort(a))  # noqa: E731
-        info["error_vs_offset_rank_correlation"] = float(np.corrcoef(ranks(per_channel[ok]), ranks(offset[ok]))[0, 1])
+        info["error_vs_offset_rank_correlation"] = float(np.corrcoef(ranks(relative[ok]), ranks(offset[ok]))[0, 1])
     return info
 
 
-def _residual(case: Case, obs: Observation, keys: list[str], values: dict[str, np.ndarray],
-              bounds: dict[str, np.ndarray]) -> tuple[float, int]:
-    """(worst error/bound over the keys the hypothesis models, how many keys it models)."""
-    worst, modelled = 0.0, 0
+@dataclass
+class _Fit:
+    """How one hypothesis fits the deviating quantities."""
+
+    name: str
+    residual: float  # worst error / bound over the constrained elements (inf: explains nothing)
+    modelled: int  # deviating quantities it models
+    unconstrained: float = 0.0  # fraction of the modelled elements where its bound is +inf
+    inflation: float = 0.0  # mean log(bound / declared bound), over the elements every rival constrains (tightness)
+    log_ratios: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # per key: log(bound / declared bound)
+
+
+def _fit(case: Case, obs: Observation, keys: list[str], values: Values, bounds: Values, base: Values, name: str) -> _Fit:
+    """Residual, coverage and tightness of one hypothesis over the deviating keys."""
+    worst, modelled, constrained, free_n, total_n = 0.0, 0, False, 0, 0
+    logs: dict[str, np.ndarray] = {}
     for k in keys:
         if k not in values or k not in bounds:
             continue
         modelled += 1
-        # an infinite bound where the hypothesis predicts a finite value would accept anything: it explains nothing
-        if np.any(~np.isfinite(np.broadcast_to(bounds[k], values[k].shape)) & np.isfinite(values[k])):
-            return np.inf, modelled
-        v = judge(case, k, obs[k], values[k], bounds[k])
-        worst = max(worst, v.ratio)
-    return worst, modelled
+        val = values[k]
+        b = np.broadcast_to(bounds[k], val.shape)
+        o = np.asarray(obs[k], np.float64)
+        # an infinite bound where the hypothesis predicts a finite value: it predicts nothing there (unconstrained)
+        free = ~np.isfinite(b) & np.isfinite(val)
+        free_n += int(free.sum())
+        total_n += free.size
+        if free.all():
+            continue
+        if free.any() and o.shape == val.shape:
+            o = np.where(free, val, o)  # judged as exact: left out of the residual
+        constrained = constrained or not free.any()
+        worst = max(worst, judge(case, k, o, val, bounds[k]).ratio)
+        if k in base:
+            with np.errstate(all="ignore"):
+                logs[k] = np.log(b / np.broadcast_to(base[k], val.shape)).reshape(-1)
+    if modelled and not constrained:
+        worst = np.inf  # constrains none of the deviating quantities: explains nothing
+    return _Fit(name, worst, modelled, free_n / total_n if total_n else 0.0, log_ratios=logs)
+
+
+def _tightness(fits: list[_Fit]) -> None:
+    """Set each precision fit's `inflation`: its mean log bound inflation over the elements that every one of
+    `fits` constrains (finite bounds), averaged per quantity, so that models are compared on the same elements."""
+    if not fits:
+        return
+    keys = set.intersection(*(set(f.log_ratios) for f in fits))
+    common = {k: np.logical_and.reduce([np.isfinite(f.log_ratios[k]) for f in fits]) for k in keys}
+    common = {k: m for k, m in common.items() if m.any()}
+    for f in fits:
+        per_key = [float(f.log_ratios[k][m].mean()) for k, m in common.items()]
+        if not per_key:  # nothing in common: the model's own constrained elements
+            per_key = [float(lr[np.isfinite(lr)].mean()) for lr in f.log_ratios.values() if np.isfinite(lr).any()]
+        f.inflation = float(np.mean(per_key)) if per_key else 0.0
 
 
 def diagnose(case: Case, inputs: Inputs, obs: Observation, refs: dict[str, Reference],
@@ -231,30 +380,39 @@ def diagnose(case: Case, inputs: Inputs, obs: Observation, refs: dict[str, Refer
     first = bad[0]
     declared = conventions.running_var
     ref = refs[declared]
-    bounds = compute_bounds(case, inputs, ref)
+    cache: dict[str, Values] = {}
+
+    def base_bounds() -> Values:
+        if "b" not in cache:
+            cache["b"] = compute_bounds(case, inputs, ref)
+        return cache["b"]
+
     keys = [v.key for v in bad]
-    results: list[tuple[str, float, int]] = []
-    for name, thunk in _candidates(case, inputs, refs, conventions):
+    untouched = max(v.ratio for v in bad)
+    results: list[_Fit] = []
+    for cand in _candidates(case, inputs, refs, conventions, base_bounds):
+        if cand.keys is not None and first.key not in cand.keys:
+            continue  # it does not model the first deviating quantity
+        if cand.touches is not None and not any(cand.touches(k) for k in keys):
+            # every deviating quantity keeps the declared value and bound: the verdicts' own ratios
+            results.append(_Fit(cand.name, untouched, len(keys)))
+            continue
         try:
-            values, alt_bounds = thunk()
+            values, alt_bounds = cand.thunk()
         except Exception:  # a hypothesis that cannot be evaluated on this case explains nothing
             continue
         if first.key not in values:
             continue
-        residual, modelled = _residual(case, obs, keys, values, alt_bounds)
-        results.append((name, residual, modelled))
-    explaining = [r for r in results if r[1] <= 1.0]
-    # most deviating quantities modelled first; an exact alternative formula before weaker arithmetic; among
-    # formulas the closest match; among precision models the tightest bound that still explains (a loose
-    # bound, say float32 arithmetic for a float64 case, explains any small error and says little)
-    explaining.sort(key=lambda r: (-r[2], HYPOTHESES[r[0]].kind == "precision",
-                                   -r[1] if HYPOTHESES[r[0]].kind == "precision" else r[1]))
-    others = sorted((r for r in results if r not in explaining[:1]), key=lambda r: r[1])[:3]
+        results.append(_fit(case, obs, keys, values, alt_bounds, base_bounds(), cand.name))
+    explaining = [r for r in results if r.residual <= 1.0]
+    _tightness([r for r in explaining if HYPOTHESES[r.name].kind == "precision"])
+    explaining.sort(key=_rank)
+    others = sorted((r for r in results if r not in explaining[:1]), key=lambda r: r.residual)[:3]
     channels = sorted({c for v in bad for c in v.channels})
     step = int(first.phase[5:]) if first.phase.startswith("train") else None
-    info = _conditioning(case, inputs, ref, first, obs[first.key], bounds[first.key])
+    info = _conditioning(case, inputs, ref, first, obs[first.key], base_bounds()[first.key])
     if explaining:
-        name, residual, _ = explaining[0]
+        name, residual = explaining[0].name, explaining[0].residual
         hyp = HYPOTHESES[name]
         cls = _classify(hyp, conventions)
         explanation = hyp.explanation
@@ -264,9 +422,16 @@ def diagnose(case: Case, inputs: Inputs, obs: Observation, refs: dict[str, Refer
     diag = Diagnosis(first=first.key, quantity=first.quantity, mode="eval" if first.phase == "eval" else "train",
                      step=step, deviating=keys, channels=channels, conditioning=info, hypothesis=name,
                      residual=residual, classification=cls, explanation=explanation,
-                     alternatives=[(n, r) for n, r, _ in others])
+                     alternatives=[(r.name, r.residual) for r in others])
     diag.signature = signature(family, diag.quantity, name, case.regime_name)
     return diag
+
+
+def _rank(r: _Fit) -> tuple[Any, ...]:
+    """Sort key of an explaining hypothesis (the module docstring's rules 1-4)."""
+    if HYPOTHESES[r.name].kind == "precision":
+        return (-r.modelled, 1, r.inflation, r.unconstrained, r.residual)
+    return (-r.modelled, 0, r.residual, 0.0, 0.0)
 
 
 def _classify(hyp: Hypothesis, conventions: Conventions) -> str:
