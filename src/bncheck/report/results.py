@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shlex
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -98,12 +100,14 @@ def build_results(store: Store, run_id: str) -> dict[str, Any]:
     run = store.run(run_id)
     executions = list(store.executions(run_id))
     conv = observed_conventions(executions)
+    broken = store.broken_targets(run_id)  # target -> why its remaining cases were not run
     targets = []
     for t in store.targets(run_id):
         info = t["info"]
         targets.append({"name": t["name"], "framework": t["framework"], "device": t["device"], "version": t["version"],
                         "available": t["available"], "reason": t["reason"], "description": info.get("description", ""),
-                        "conventions": info.get("conventions", {}), "observed": {"running_var": conv.get(t["name"])}})
+                        "conventions": info.get("conventions", {}), "observed": {"running_var": conv.get(t["name"])},
+                        "broken": t["name"] in broken, "broken_reason": broken.get(t["name"], "")})
     by_target: dict[str, Counter[str]] = {}
     for e in executions:
         c = by_target.setdefault(e["target"], Counter())
@@ -143,6 +147,7 @@ def build_results(store: Store, run_id: str) -> dict[str, Any]:
             "findings": {c: sum(1 for f in findings if f["classification"] == c) for c in CLASS_ORDER},
             "by_target": {t: {**{s: c.get(s, 0) for s in STATUSES}, "deviating": c.get("deviating", 0)}
                           for t, c in sorted(by_target.items())},
+            "broken_targets": sorted(broken),
         },
         "targets": targets,
         "findings": findings,
@@ -156,6 +161,74 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+FINDINGS_DIR = "findings"  # beside the HTML report's findings/<signature>.html pages
+CASE_FILE = "case.json"
+
+
+def finding_case_file(signature: str) -> str:
+    """Where a finding's minimal case is written, relative to the output directory."""
+    return f"{FINDINGS_DIR}/{re.sub(r'[^A-Za-z0-9_.-]', '_', str(signature))}/{CASE_FILE}"
+
+
+def write_finding_cases(doc: dict[str, Any], out_dir: Path) -> int:
+    """Write each finding's minimal case to findings/<signature>/case.json, atomically, and record the path in the
+    finding (`case_file`); case files of findings no longer in the document go. Returns how many were written.
+
+    The file is a loadable .json case file ({"cases": [the case]}) that also names the finding and the command
+    that replays it, so `bncheck replay`/`bncheck run` re-run the minimal case anywhere, shrunk or not.
+    """
+    out_dir = Path(out_dir)
+    wanted: set[str] = set()
+    for f in doc["findings"]:
+        cid = f["minimal_case"]
+        case = {k: v for k, v in doc["cases"][cid].items() if k not in ("description", "metrics")}
+        rel = finding_case_file(f["signature"])
+        path = out_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        replay = f"bncheck replay {cid} --target {shlex.quote(f['target'])} --cases {shlex.quote(str(path))}"
+        body = {"finding": {"signature": f["signature"], "target": f["target"], "quantity": f["quantity"],
+                            "hypothesis": f["hypothesis"], "classification": f["classification"], "regime": f["regime"],
+                            "case_id": cid, "from_case": (f.get("shrink") or {}).get("from_case", cid),
+                            "run_id": doc["run"]["run_id"], "replay": replay},
+                "cases": [case]}
+        write_atomic(path, json.dumps(body, indent=1, allow_nan=False) + "\n")
+        f["case_file"] = rel
+        wanted.add(str(path.parent.name))
+    fdir = out_dir / FINDINGS_DIR
+    if fdir.is_dir():
+        for old in fdir.glob(f"*/{CASE_FILE}"):
+            if old.parent.name not in wanted:
+                old.unlink(missing_ok=True)
+                try:
+                    old.parent.rmdir()
+                except OSError:  # something else lives there: leave it
+                    pass
+    return len(wanted)
+
+
+def store_findings(store: Store, run_id: str, doc: dict[str, Any]) -> None:
+    """Record a run's finalised findings (after shrinking) with their minimal cases in the store's findings table."""
+    rows = []
+    for f in doc["findings"]:
+        cid = f["minimal_case"]
+        case = case_from_dict({k: v for k, v in doc["cases"][cid].items() if k not in ("description", "metrics")})
+        ratio = f["worst"]["ratio"]
+        rows.append({**{k: f[k] for k in ("signature", "target", "quantity", "mode", "hypothesis", "classification",
+                                          "regime", "count")},
+                     "worst_ratio": float(ratio) if ratio is not None else None,
+                     "minimal_case_id": cid, "minimal_case": case.canonical_json(),
+                     "from_case_id": (f.get("shrink") or {}).get("from_case", cid),
+                     "shrunk": bool((f.get("shrink") or {}).get("reduced")),
+                     "repro": f.get("repro"), "case_file": f.get("case_file")})
+    store.set_findings(run_id, rows)
+
+
+def finalise_findings(store: Store, run_id: str, doc: dict[str, Any], out_dir: Path) -> None:
+    """After shrinking and the reproduction scripts: write each finding's case file and store the findings."""
+    write_finding_cases(doc, out_dir)
+    store_findings(store, run_id, doc)
 
 
 def write_results(doc: dict[str, Any], path: Path) -> None:
