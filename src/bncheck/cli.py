@@ -170,7 +170,7 @@ def _run(sources: list[str], pattern: str | None, out: str, timeout: float, plug
     from .pool import memory_limit_bytes
     from .report.html import write_html
     from .report.junit import write_junit
-    from .report.results import build_results, write_results
+    from .report.results import build_results, finalise_findings, write_results
     from .repro import write_finding_repros
     from .runner import (PlanError, check_plan, discover, execute, manifest_for, pending_pairs, resume_state,
                          shrink_in_parallel)
@@ -280,6 +280,7 @@ def _run(sources: list[str], pattern: str | None, out: str, timeout: float, plug
                 click.echo(f"bncheck: shrinking {min(len(doc['findings']), 50)} findings (budget {shrink} executions each)", err=True)
                 shrink_in_parallel(doc, discovery, timeout, budget=shrink)
             write_finding_repros(doc, out_dir, by_name)
+            finalise_findings(store, run_id, doc, out_dir)  # case files, the store's findings table
             write_results(doc, out_dir / "results.json")
             write_html(doc, out_dir / "index.html")
             write_junit(doc, out_dir / "results.xml")

@@ -9,8 +9,18 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the findings table
 FILENAME = "results.sqlite"
+
+_FINDINGS = """
+CREATE TABLE IF NOT EXISTS findings (
+    run_id TEXT NOT NULL, signature TEXT NOT NULL, target TEXT NOT NULL, quantity TEXT NOT NULL, mode TEXT NOT NULL,
+    hypothesis TEXT NOT NULL, classification TEXT NOT NULL, regime TEXT NOT NULL, count INTEGER NOT NULL,
+    worst_ratio REAL, minimal_case_id TEXT NOT NULL, minimal_case TEXT NOT NULL, from_case_id TEXT NOT NULL,
+    shrunk INTEGER NOT NULL, repro TEXT, case_file TEXT,
+    PRIMARY KEY (run_id, signature)
+);
+"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -46,7 +56,10 @@ CREATE TABLE IF NOT EXISTS run_events (
     target TEXT NOT NULL, detail TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS run_options (run_id TEXT PRIMARY KEY, options TEXT NOT NULL);
-"""
+""" + _FINDINGS
+
+# schema version -> the statements that bring a file of that version to the next one
+_UPGRADES = {1: _FINDINGS}
 
 
 class StoreError(Exception):
@@ -69,15 +82,24 @@ class Store:
             self.db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            has_meta = self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() if has_meta else None
+            version = int(row[0]) if row is not None and str(row[0]).isdigit() else None
+            if row is not None and version not in (*_UPGRADES, SCHEMA_VERSION):
+                self.db.close()  # a newer (or foreign) schema: refused before anything is written to it
+                raise StoreError(f"{self.path}: schema version {row[0]}, this bncheck reads {SCHEMA_VERSION}; "
+                                 "use a fresh --out directory")
             self.db.executescript(_SCHEMA)
-            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            with self.db:
+                if row is None:
+                    self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                while version is not None and version < SCHEMA_VERSION:  # upgrade an older file in place
+                    for statement in filter(str.strip, _UPGRADES[version].split(";")):
+                        self.db.execute(statement)
+                    version += 1
+                    self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(version),))
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: not a usable bncheck results file ({e}); choose another --out directory") from None
-        if row is None:
-            self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            self.db.commit()
-        elif int(row[0]) != SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: schema version {row[0]}, this bncheck reads {SCHEMA_VERSION}; use a fresh --out directory")
 
     def close(self) -> None:
         """Close the database."""
@@ -143,6 +165,22 @@ class Store:
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO run_options VALUES (?,?)", (run_id, json.dumps(options)))
 
+    def set_findings(self, run_id: str, findings: list[dict[str, Any]]) -> None:
+        """Replace a run's findings, in one transaction, by `findings` (see `findings()` for the keys).
+
+        Each minimal case (its canonical JSON in `minimal_case`) also goes into the cases table, so that
+        `bncheck replay MINIMAL_CASE_ID --out DIR` finds a shrunk case, which no execution of the run ran.
+        """
+        with self.db:
+            self.db.execute("DELETE FROM findings WHERE run_id=?", (run_id,))
+            self.db.executemany("INSERT OR IGNORE INTO cases VALUES (?,?)",
+                                [(f["minimal_case_id"], f["minimal_case"]) for f in findings])
+            self.db.executemany("INSERT INTO findings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", [
+                (run_id, f["signature"], f["target"], f["quantity"], f["mode"], f["hypothesis"], f["classification"],
+                 f["regime"], int(f["count"]), None if f["worst_ratio"] is None else _num(float(f["worst_ratio"])),
+                 f["minimal_case_id"], f["minimal_case"], f["from_case_id"], int(bool(f["shrunk"])), f.get("repro"),
+                 f.get("case_file")) for f in findings])
+
     def reopen_run(self, run_id: str) -> None:
         """Mark a run running again (it is being resumed)."""
         self.db.execute("UPDATE runs SET finished=NULL, status='running' WHERE run_id=?", (run_id,))
@@ -186,6 +224,28 @@ class Store:
         """How a run was invoked ({} for runs recorded before options were kept)."""
         row = self.db.execute("SELECT options FROM run_options WHERE run_id=?", (run_id,)).fetchone()
         return json.loads(row[0]) if row else {}
+
+    def findings(self, run_id: str) -> list[dict[str, Any]]:
+        """A run's findings as last finalised (after shrinking), worst classification first as in results.json.
+
+        Keys: signature, target, quantity, mode, hypothesis, classification, regime, count, worst_ratio (1e308 for
+        an infinite ratio), minimal_case_id, minimal_case (the case as a dict), from_case_id (the case shrinking
+        started from; the minimal case itself when it did not shrink), shrunk, repro and case_file (paths relative
+        to the output directory, or None).
+        """
+        rows = self.db.execute(
+            "SELECT signature, target, quantity, mode, hypothesis, classification, regime, count, worst_ratio, "
+            "minimal_case_id, minimal_case, from_case_id, shrunk, repro, case_file FROM findings WHERE run_id=? "
+            "ORDER BY rowid", (run_id,)).fetchall()
+        keys = ("signature", "target", "quantity", "mode", "hypothesis", "classification", "regime", "count",
+                "worst_ratio", "minimal_case_id", "minimal_case", "from_case_id", "shrunk", "repro", "case_file")
+        out = []
+        for r in rows:
+            f = dict(zip(keys, r))
+            f["minimal_case"] = json.loads(f["minimal_case"])
+            f["shrunk"] = bool(f["shrunk"])
+            out.append(f)
+        return out
 
     def execution_statuses(self, run_id: str) -> list[tuple[str, str, str]]:
         """(case_id, target, status) of every stored execution of a run, in case order."""
