@@ -127,6 +127,10 @@ class _OrtBatchNorm(Target):
 
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; default graph optimisations (what users run)
+        # idle pool threads sleep instead of spinning: spinning only changes speed, never results, and on a
+        # small machine it steals the CPU the rest of the worker (and bncheck's judging) needs after each run
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if self.device == "cuda":
             providers = ["CUDAExecutionProvider"]
             options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
