@@ -8,7 +8,7 @@ sums (math.fsum), so that a float64 target can still be judged.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -161,6 +161,19 @@ def compute_reference(case: Case, inputs: Inputs, running_var: str = "unbiased")
                 st.extras["dy_mean"] = f64(dbeta / n)
             stats[phase] = st
     return Reference(values=values, stats=stats, running_var=running_var, precision=precision_label(case), metrics=metrics)
+
+
+def convention_matters(case: Case) -> bool:
+    """True when the running-variance convention changes some reference value (a training step updates running statistics)."""
+    return case.track_running_stats and any(phase != "eval" for phase in case.phases)
+
+
+def compute_references(case: Case, inputs: Inputs) -> dict[str, Reference]:
+    """The reference under each running-variance convention, computed once when the convention cannot matter."""
+    if convention_matters(case):
+        return {c: compute_reference(case, inputs, c) for c in RUNNING_VAR_CONVENTIONS}
+    ref = compute_reference(case, inputs, RUNNING_VAR_CONVENTIONS[0])
+    return {c: ref if c == ref.running_var else replace(ref, running_var=c) for c in RUNNING_VAR_CONVENTIONS}
 
 
 def quantity_of(key: str) -> str:

@@ -12,8 +12,8 @@ import numpy as np
 from .cases import Case, case_from_dict, load_case_file, resolve_case_source, suite_dirs
 from .compare import compare
 from .inputs import inputs_digest, make_inputs
-from .reference import RUNNING_VAR_CONVENTIONS, compute_reference
-from .tolerance import compute_bounds, output_dtype
+from .judging import expected_values
+from .tolerance import output_dtype
 from .dtypes import round_as_float64
 
 
@@ -92,10 +92,10 @@ def replay_case(case: Case, target_name: str, timeout: float, plugins: list[str]
             echo(out.stderr_tail)
         return 1
     obs = out.reply["observation"]
-    refs = {c: compute_reference(case, inputs, c) for c in RUNNING_VAR_CONVENTIONS}
-    bounds = {c: compute_bounds(case, inputs, r) for c, r in refs.items()}
+    expected = expected_values(case, inputs)
+    refs, bounds = expected.references, expected.bounds
     declared = target.conventions.running_var
-    verdicts = {v.key: v for v in compare(case, obs, refs, bounds, target.conventions)}
+    verdicts = {v.key: v for v in compare(case, obs, refs, bounds, target.conventions, expected.dependent)}
     echo(f"reference {refs[declared].precision}; running variance: {declared} (the target's declared convention)\n")
     echo(f"{'quantity':<22} {'index':>7}  {'target':>18}  {'reference':>18}  {'|error|':>10}  {'err/bound':>9}")
     for key, v in verdicts.items():

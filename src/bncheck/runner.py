@@ -20,15 +20,13 @@ import numpy as np
 
 from . import targets as registry
 from .cases import Case
-from .compare import compare, missing_quantities
-from .diagnose import diagnose
+from .compare import missing_quantities
 from .inputs import inputs_digest, make_inputs
 from .manifest import base_manifest
+from .judging import Expected, expected_values, judge_execution
 from .pool import Outcome, WorkerHandle, memory_limit_bytes, stop_all
-from .reference import RUNNING_VAR_CONVENTIONS, Reference, compute_reference
 from .store import Store
 from .targets.base import Target
-from .tolerance import compute_bounds
 
 PROBE_TIMEOUT = 180.0
 DEVICE_KINDS = ("cpu", "cuda")
@@ -172,30 +170,27 @@ class _CaseState:
         self.digest = inputs_digest(inputs) if inputs else ""
         self.nbytes = sum(a.nbytes for a in inputs.values()) if inputs else 0
         self.metrics_stored = False
-        self._refs: dict[str, Reference] | None = None
-        self._bounds: dict[str, dict[str, np.ndarray]] | None = None
+        self._expected: Expected | None = None
         self._error: BaseException | None = None
         self._lock = threading.Lock()
 
-    def references(self) -> tuple[dict[str, Reference], dict[str, dict[str, np.ndarray]]]:
-        """The reference under each running-variance convention, and its bounds (computed once, by whichever thread asks first)."""
+    def expected(self) -> Expected:
+        """References and bounds under each running-variance convention (computed once, by whichever thread asks first)."""
         with self._lock:
             if self._error is not None:
                 raise self._error
-            if self._refs is None:
+            if self._expected is None:
                 try:
-                    refs = {c: compute_reference(self.case, self.inputs, c) for c in RUNNING_VAR_CONVENTIONS}
-                    self._bounds = {c: compute_bounds(self.case, self.inputs, r) for c, r in refs.items()}
-                    self._refs = refs
+                    self._expected = expected_values(self.case, self.inputs)
                 except Exception as e:
                     self._error = e
                     raise
-        return self._refs, self._bounds  # type: ignore[return-value]
+        return self._expected
 
     def precompute(self) -> None:
-        """Compute the references now (in the feeder, while workers run); an error surfaces when they are asked for."""
+        """Compute the expected values now (in the feeder, while workers run); an error surfaces when they are asked for."""
         try:
-            self.references()
+            self.expected()
         except Exception:
             pass
 
@@ -217,9 +212,8 @@ def judge_outcome(state: _CaseState, target: Target, out: Outcome) -> tuple[str,
     if out.status != "ok":
         return out.status, out.message, []
     obs = out.reply.get("observation", {})
-    refs, bounds = state.references()
-    verdicts = compare(state.case, obs, refs, bounds, target.conventions)
-    diagnosis = diagnose(state.case, state.inputs, obs, refs, target.conventions, verdicts, target.family)
+    expected = state.expected()
+    verdicts, diagnosis = judge_execution(state.case, state.inputs, obs, target.conventions, target.family, expected)
     rows = []
     for v in verdicts:
         d = v.to_dict()
@@ -228,7 +222,7 @@ def judge_outcome(state: _CaseState, target: Target, out: Outcome) -> tuple[str,
             d["diagnosis"] = diagnosis.to_dict()  # carried by the first deviating verdict
         rows.append(d)
     message = ""
-    missing = missing_quantities(obs, refs[target.conventions.running_var], target.conventions)
+    missing = missing_quantities(obs, expected.references[target.conventions.running_var], target.conventions)
     if missing:
         message = "not observed: " + ", ".join(missing)
     return "ok", message, rows
@@ -468,9 +462,9 @@ def execute(
             except Exception as e:  # a fault in bncheck's own judging is recorded, not fatal to the run
                 status, message, verdicts = "error", f"bncheck could not judge this observation: {type(e).__name__}: {e}", []
                 tail = traceback.format_exc()[-4000:]
-            if out.status == "ok" and not state.metrics_stored and state._refs is not None:  # as judged, not as precomputed
+            if out.status == "ok" and not state.metrics_stored and state._expected is not None:  # as judged, not as precomputed
                 state.metrics_stored = True
-                metrics = {conv: ref.metrics for conv, ref in state._refs.items() if ref.metrics}
+                metrics = {conv: ref.metrics for conv, ref in state._expected.references.items() if ref.metrics}
                 if metrics:
                     store.add_case_metrics(run_id, state.case_id, metrics)
             store.add_execution(run_id, state.case_id, target.name, status, message, tail,

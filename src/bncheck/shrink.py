@@ -11,13 +11,10 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from .cases import Case, CaseError
-from .compare import compare
-from .diagnose import diagnose
 from .inputs import make_inputs
+from .judging import judge_execution
 from .pool import WorkerHandle
-from .reference import RUNNING_VAR_CONVENTIONS, compute_reference
 from .targets.base import Target
-from .tolerance import compute_bounds
 
 
 @dataclass
@@ -69,10 +66,7 @@ def _signature(case: Case, target: Target, worker: WorkerHandle, timeout: float)
     if out.status != "ok":
         return None, []
     obs = out.reply["observation"]
-    refs = {c: compute_reference(case, inputs, c) for c in RUNNING_VAR_CONVENTIONS}
-    bounds = {c: compute_bounds(case, inputs, r) for c, r in refs.items()}
-    verdicts = compare(case, obs, refs, bounds, target.conventions)
-    d = diagnose(case, inputs, obs, refs, target.conventions, verdicts, target.family)
+    _, d = judge_execution(case, inputs, obs, target.conventions, target.family)
     return (d.signature, d.deviating) if d else (None, [])
 
 
