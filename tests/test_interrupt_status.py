@@ -1,0 +1,59 @@
+"""An interrupted run exits 128 + the signal (130 for Ctrl-C/SIGINT, 143 for SIGTERM), as the README's exit status
+table says, and still writes its reports marked 'interrupted'."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import PLUGINS, ROOT, write_jsonl
+
+
+def _wait_for_executions(db: Path, at_least: int, proc: subprocess.Popen[str], limit: float = 60) -> None:
+    stop = time.monotonic() + limit
+    while time.monotonic() < stop:
+        assert proc.poll() is None, proc.communicate()
+        if db.exists():
+            try:
+                con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+                try:
+                    if con.execute("SELECT count(*) FROM executions").fetchone()[0] >= at_least:
+                        return
+                finally:
+                    con.close()
+            except sqlite3.OperationalError:  # the store is being created
+                pass
+        time.sleep(0.05)
+    raise AssertionError("the run stored too few results in time")
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_run_exits_128_plus_the_signal(tmp_path, sig, status):
+    """A run stopped mid-way by SIGINT or SIGTERM exits 130 or 143 with results.json saying 'interrupted'."""
+    cases = write_jsonl(tmp_path / "c.jsonl", [{"shape": [6, 3, 4], "seed": s} for s in range(1, 11)])
+    out = tmp_path / "out"
+    env = dict(os.environ, BNCHECK_FAULTY_SLEEP="0.3")
+    env["PYTHONPATH"] = os.pathsep.join([str(PLUGINS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.Popen([sys.executable, "-m", "bncheck.cli", "run", str(cases), "--targets", "faulty.*",
+                             "--plugin", "faulty_plugin", "--shrink", "0", "--out", str(out)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_executions(out / "results.sqlite", 2, proc)
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == status, stdout + stderr
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["run"]["status"] == "interrupted" and len(doc["executions"]) < 10
+    assert "interrupted" in stderr and f"--resume {doc['run']['run_id']}" in stdout
