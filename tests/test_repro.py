@@ -85,3 +85,15 @@ def test_run_writes_a_script_per_finding(tmp_path, cli):
     rows = _run_script(tmp_path, script.read_text())
     assert set(rows) == set(finding["shrink"]["deviating"])
     assert max(err for err, _ in rows.values()) > 1e-12  # float32 eps/momentum; float64 rounding would give ~1e-16
+
+
+def test_shrink_time_bounds_shrinking(tmp_path, cli):
+    """--shrink-time 0: the finding is reported with its original case and says shrinking ran out of time."""
+    pytest.importorskip("onnxruntime")
+    cases = write_jsonl(tmp_path / "c.jsonl", [{"shape": [8, 4, 5], "dtype": "float64", "mode": "trajectory", "steps": 2}])
+    out = tmp_path / "out"
+    r = cli("run", str(cases), "--targets", "ort.opset15@cpu", "--shrink-time", "0", "--out", str(out))
+    assert r.returncode == 1, r.stderr
+    (finding,) = json.loads((out / "results.json").read_text())["findings"]
+    assert finding["shrink"]["skipped"] == "time limit" and finding["shrink"]["attempts"] == 0
+    assert finding["minimal_case"] == finding["shrink"]["from_case"]

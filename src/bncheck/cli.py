@@ -11,7 +11,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -51,8 +51,17 @@ targets_option = click.option("--targets", "pattern", default=None, metavar="PAT
 out_option = click.option("--out", "out", default="reports", show_default=True, type=click.Path(file_okay=False),
                           help="Output directory for results.sqlite, results.json and index.html.")
 shrink_option = click.option("--shrink", "shrink", default=12, show_default=True, type=click.IntRange(min=0),
-                             help="Executions each finding may spend shrinking its case (0: do not shrink; "
-                                  "at most 90 s of shrinking per run).")
+                             help="Executions each finding may spend shrinking its case (0: do not shrink).")
+
+
+def shrink_time_option(default: float) -> Callable[[Any], Any]:
+    """--shrink-time, with the command's own default."""
+    return click.option("--shrink-time", "shrink_time", default=default, show_default=True,
+                        type=click.FloatRange(min=0),
+                        help="Seconds of shrinking per run (frameworks shrink in parallel; each stops after the "
+                             "execution it is on once the time is up).")
+
+
 timeout_option = click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(min=0.1),
                               help="Seconds one case may take on one target before its worker is killed.")
 
@@ -162,7 +171,8 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def _run(sources: list[str], pattern: str | None, out: str, timeout: float, plugins: tuple[str, ...], shrink: int = 12,
-         memory_limit: float | None = None, resume: str | None = None, given: frozenset[str] = frozenset()) -> int:
+         memory_limit: float | None = None, resume: str | None = None, given: frozenset[str] = frozenset(),
+         shrink_time: float = 90.0) -> int:
     """Run (or, with `resume`, complete) a suite; `given` names the options the user set explicitly."""
     import signal
 
@@ -185,6 +195,7 @@ def _run(sources: list[str], pattern: str | None, out: str, timeout: float, plug
         timeout = timeout if "timeout" in given else opts.get("timeout", timeout)
         memory_limit = memory_limit if "memory_limit" in given else opts.get("memory_limit_gib", memory_limit)
         shrink = shrink if "shrink" in given else opts.get("shrink", shrink)
+        shrink_time = shrink_time if "shrink_time" in given else opts.get("shrink_time", shrink_time)
         try:
             cases = [case_from_dict(d) for _, d in store.cases(run_id)]
         except CaseError as e:
@@ -234,7 +245,8 @@ def _run(sources: list[str], pattern: str | None, out: str, timeout: float, plug
             command = "bncheck " + " ".join(shlex.quote(a) for a in sys.argv[1:])
             run_id = store.begin_run(command, sources, manifest_for(discovery))
             store.set_run_options(run_id, {"plugins": list(plugins), "pattern": pattern, "timeout": timeout,
-                                           "memory_limit_gib": memory_limit, "shrink": shrink})
+                                           "memory_limit_gib": memory_limit, "shrink": shrink,
+                                           "shrink_time": shrink_time})
             store.add_targets(run_id, discovery.rows)
             store.add_cases(run_id, [(c.case_id, c.canonical_json()) for c in cases])
             click.echo(f"bncheck: {len(cases)} cases x {len(discovery.runnable)} targets "
@@ -278,7 +290,7 @@ def _run(sources: list[str], pattern: str | None, out: str, timeout: float, plug
             by_name = {t.name: t for t in discovery.runnable}
             if shrink and status == "complete" and doc["findings"]:
                 click.echo(f"bncheck: shrinking {min(len(doc['findings']), 50)} findings (budget {shrink} executions each)", err=True)
-                shrink_in_parallel(doc, discovery, timeout, budget=shrink)
+                shrink_in_parallel(doc, discovery, timeout, budget=shrink, seconds=shrink_time)
             write_finding_repros(doc, out_dir, by_name)
             finalise_findings(store, run_id, doc, out_dir)  # case files, the store's findings table
             write_results(doc, out_dir / "results.json")
@@ -331,6 +343,7 @@ def _given(ctx: click.Context, *names: str) -> frozenset[str]:
 @out_option
 @timeout_option
 @shrink_option
+@shrink_time_option(90.0)
 @memory_option
 @click.option("--resume", "resume", default=None, metavar="RUN_ID",
               help="Complete an interrupted run stored in --out (a run id, a unique prefix, or 'latest'): only the "
@@ -338,7 +351,7 @@ def _given(ctx: click.Context, *names: str) -> frozenset[str]:
 @plugin_option
 @click.pass_context
 def run(ctx: click.Context, casefiles: tuple[str, ...], pattern: str | None, out: str, timeout: float, shrink: int,
-        memory_limit: float | None, resume: str | None, plugins: tuple[str, ...]) -> None:
+        shrink_time: float, memory_limit: float | None, resume: str | None, plugins: tuple[str, ...]) -> None:
     """Run case files (or shipped suite names such as 'smoke') on every matching available target."""
     if resume and casefiles:
         raise Failure("--resume takes no CASEFILE (the run's cases and targets are in its store)", EXIT_USAGE)
@@ -346,8 +359,8 @@ def run(ctx: click.Context, casefiles: tuple[str, ...], pattern: str | None, out
         raise Failure("--resume takes no --targets (a resumed run completes the targets it started with)", EXIT_USAGE)
     if not resume and not casefiles:
         raise Failure("give at least one CASEFILE or suite name (e.g. 'bncheck run smoke'), or --resume RUN_ID", EXIT_USAGE)
-    given = _given(ctx, "timeout", "shrink", "memory_limit")
-    sys.exit(_run(list(casefiles), pattern, out, timeout, plugins, shrink, memory_limit, resume, given))
+    given = _given(ctx, "timeout", "shrink", "shrink_time", "memory_limit")
+    sys.exit(_run(list(casefiles), pattern, out, timeout, plugins, shrink, memory_limit, resume, given, shrink_time))
 
 
 @main.command()
@@ -356,13 +369,14 @@ def run(ctx: click.Context, casefiles: tuple[str, ...], pattern: str | None, out
 @out_option
 @timeout_option
 @shrink_option
+@shrink_time_option(30.0)
 @memory_option
 @plugin_option
-def audit(suite: str, pattern: str | None, out: str, timeout: float, shrink: int, memory_limit: float | None,
-          plugins: tuple[str, ...]) -> None:
+def audit(suite: str, pattern: str | None, out: str, timeout: float, shrink: int, shrink_time: float,
+          memory_limit: float | None, plugins: tuple[str, ...]) -> None:
     """Run the shipped default suite on every available target and write the report (complete an interrupted
-    audit with 'bncheck run --resume latest --out DIR')."""
-    sys.exit(_run([suite], pattern, out, timeout, plugins, shrink, memory_limit))
+    audit with 'bncheck run --resume latest --out DIR'); it shrinks findings for 30 s, a run for 90 s."""
+    sys.exit(_run([suite], pattern, out, timeout, plugins, shrink, memory_limit, shrink_time=shrink_time))
 
 
 # ---- generate -----------------------------------------------------------------------------------

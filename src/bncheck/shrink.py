@@ -70,14 +70,18 @@ def _signature(case: Case, target: Target, worker: WorkerHandle, timeout: float)
     return (d.signature, d.deviating) if d else (None, [])
 
 
-def shrink(case: Case, signature: str, target: Target, worker: WorkerHandle, timeout: float, budget: int = 30) -> ShrinkResult:
-    """The smallest variant of `case` found within `budget` executions whose diagnosis keeps `signature`."""
+def shrink(case: Case, signature: str, target: Target, worker: WorkerHandle, timeout: float, budget: int = 30,
+           deadline: float | None = None) -> ShrinkResult:
+    """The smallest variant of `case` found within `budget` executions (and before time.monotonic() passes `deadline`)
+    whose diagnosis keeps `signature`."""
+    import time
+
     current, attempts, reduced, deviating = case, 0, False, []
     progress = True
     while progress and attempts < budget:
         progress = False
         for change in reductions(current):
-            if attempts >= budget:
+            if attempts >= budget or (deadline is not None and time.monotonic() > deadline):
                 break
             try:
                 candidate = current.replace(**change)
@@ -97,7 +101,7 @@ def shrink_findings(doc: dict[str, Any], targets: dict[str, Target], workers: di
                     timeout: float, budget: int = 12, limit: int = 50, seconds: float = 90.0) -> int:
     """Shrink the smallest case of up to `limit` findings in a results document, in place; returns how many shrank.
 
-    Suspected bugs first (the order of the findings list); shrinking stops starting new findings after `seconds`.
+    Suspected bugs first (the order of the findings list); after `seconds` no new execution starts.
     """
     import time
 
@@ -118,7 +122,7 @@ def shrink_findings(doc: dict[str, Any], targets: dict[str, Target], workers: di
         start = case_from_dict(case_d)
         if "data" in start.regime:  # explicit data cannot be resized
             continue
-        result = shrink(start, f["signature"], target, worker, timeout, budget)
+        result = shrink(start, f["signature"], target, worker, timeout, budget, deadline=stop)
         f["shrink"].update(attempts=result.attempts, reduced=result.reduced, deviating=result.deviating)
         if result.reduced:
             cid = result.case.case_id
