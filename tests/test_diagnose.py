@@ -57,7 +57,7 @@ def run_diagnosis(case: Case, observe: Kernel | Observe = Kernel(), conventions:
     obs = emulate(case, inputs, observe) if isinstance(observe, Kernel) else observe(case, inputs)
     obs = {k: v for k, v in obs.items() if quantity_of(k) not in drop}
     verdicts = compare(case, obs, refs, bounds, conventions)
-    d = diagnose(case, inputs, obs, refs, conventions, verdicts, family)
+    d = diagnose(case, inputs, obs, refs, conventions, verdicts, family, bounds)
     if label:
         DIAGNOSES[label] = "no deviation" if d is None else (
             f"{d.hypothesis}, {d.classification}, residual {d.residual if d.residual is None else f'{d.residual:.3g}'}, "
@@ -385,3 +385,22 @@ def test_constrained_model_beats_a_vacuously_loose_one() -> None:
     assert d is not None and (d.hypothesis, d.first) == ("one-pass-variance", "train0.batch_var"), describe(d)
     loose = dict(d.alternatives).get("input-dtype-accumulation")
     assert loose is not None and loose <= 1.0, describe(d)
+
+
+# ---- 7. the caller's bounds only save time ---------------------------------------------------------------------
+@pytest.mark.parametrize("case,observe,conventions,drop", [
+    pytest.param(*p.values[:4], id=p.id) for p in FAULTS if p.id in (
+        "running-var-biased", "momentum-flipped", "bessel-clamped-all-observed", "one-pass-variance-offset1e4",
+        "eval-uses-batch-stats-trajectory", "one-pass-variance+float32-computation-trajectory", "params-float32-documented")
+])
+def test_diagnosis_is_the_same_without_the_callers_bounds(case: Case, observe: Kernel | Observe, conventions: Conventions,
+                                                         drop: tuple[str, ...]) -> None:
+    """diagnose() computes the correct kernel's bounds itself when the caller does not pass them: same diagnosis."""
+    inputs, refs, bounds = prepared(case)
+    obs = emulate(case, inputs, observe) if isinstance(observe, Kernel) else observe(case, inputs)
+    obs = {k: v for k, v in obs.items() if quantity_of(k) not in drop}
+    verdicts = compare(case, obs, refs, bounds, conventions)
+    with_bounds = diagnose(case, inputs, obs, refs, conventions, verdicts, FAMILY, bounds)
+    without = diagnose(case, inputs, obs, refs, conventions, verdicts, FAMILY)
+    assert with_bounds is not None and without is not None
+    assert with_bounds.to_dict() == without.to_dict()

@@ -35,11 +35,12 @@ from typing import Any, Callable
 import numpy as np
 
 from .cases import Case
-from .compare import Verdict, judge
+from .compare import Verdict
+from .dtypes import round_as_float64
 from .inputs import Inputs
 from .reference import Reference, _physical, _rows, compute_reference, phase_of, quantity_of
 from .targets.base import Conventions, Observation, flatten_channels
-from .tolerance import compute_bounds
+from .tolerance import compute_bounds, output_dtype
 
 CHAIN = ("batch_mean", "batch_var", "batch_var_unbiased", "batch_invstd", "y", "running_mean", "running_var",
          "dx", "dgamma", "dbeta")
@@ -176,17 +177,20 @@ def _running_only(case: Case) -> Callable[[str], bool]:
 
 
 def _candidates(case: Case, inputs: Inputs, refs: dict[str, Reference], conventions: Conventions,
-                base_bounds: Callable[[], Values]) -> list[_Candidate]:
-    """Every hypothesis that applies to the case, in catalogue order."""
+                bounds_of: Callable[[str], Values]) -> list[_Candidate]:
+    """Every hypothesis that applies to the case, in catalogue order; `bounds_of(convention)` gives the
+    correct kernel's bounds of refs[convention]."""
     declared = conventions.running_var
     ref = refs[declared]
     out: list[_Candidate] = []
+    base_bounds = lambda: bounds_of(declared)  # noqa: E731
 
     def with_case(c: Case, rv: str = declared) -> Thunk:
         def thunk() -> tuple[Values, Values]:
             r = refs.get(rv) if c is case else None
-            if r is None or r.running_var != rv:
-                r = compute_reference(c, inputs, rv)
+            if r is not None and r.running_var == rv:
+                return r.values, bounds_of(rv)
+            r = compute_reference(c, inputs, rv)
             return r.values, compute_bounds(c, inputs, r)
         return thunk
 
@@ -204,7 +208,7 @@ def _candidates(case: Case, inputs: Inputs, refs: dict[str, Reference], conventi
         # n / max(n - 1, 1) at n = 1 is the biased update, and a batch_var_unbiased of 0 (the biased variance)
         # where the exact one is 0/0: the same numbers as the biased convention, the more specific explanation
         if case.track_running_stats and declared == "unbiased" or "batch_var_unbiased" in conventions.quantities:
-            out.append(_Candidate("bessel-clamped", _bessel_clamped(case, inputs, refs),
+            out.append(_Candidate("bessel-clamped", _bessel_clamped(case, inputs, refs, bounds_of),
                                   lambda key: running(key) or quantity_of(key) == "batch_var_unbiased"))
     if training and case.track_running_stats:
         out.append(_Candidate(f"running-var-{other}", with_case(case, other), running))
@@ -251,13 +255,15 @@ def _variant_keys(case: Case, ref: Reference, how: str) -> list[str]:
     return keys
 
 
-def _bessel_clamped(case: Case, inputs: Inputs, refs: dict[str, Reference]) -> Thunk:
+def _bessel_clamped(case: Case, inputs: Inputs, refs: dict[str, Reference], bounds_of: Callable[[str], Values]) -> Thunk:
     """Values and bounds of a kernel whose Bessel factor is n / max(n - 1, 1), for a case with one value per channel."""
     def thunk() -> tuple[Values, Values]:
         r = refs.get("biased")
-        if r is None or r.running_var != "biased":
+        if r is not None and r.running_var == "biased":
+            values, bounds = dict(r.values), dict(bounds_of("biased"))
+        else:
             r = compute_reference(case, inputs, "biased")
-        values, bounds = dict(r.values), compute_bounds(case, inputs, r)
+            values, bounds = dict(r.values), compute_bounds(case, inputs, r)
         for phase in case.phases:
             key = f"{phase}.batch_var_unbiased"
             if key in values and r.stats[phase].n == 1:
@@ -327,7 +333,49 @@ class _Fit:
     log_ratios: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # per key: log(bound / declared bound)
 
 
-def _fit(case: Case, obs: Observation, keys: list[str], values: Values, bounds: Values, base: Values, name: str) -> _Fit:
+class _Errors:
+    """|observed - expected| and NaN/Inf-pattern mismatches per (key, expected array), computed once per diagnosis:
+    the precision hypotheses share the reference's values and differ only in their bounds. Same arithmetic as
+    compare.judge, which also derives channels, ULPs and relative errors the residual does not need."""
+
+    def __init__(self, case: Case, obs: Observation) -> None:
+        self.case, self.obs = case, obs
+        # (key, id(expected)) -> (expected, kept so that its id stays valid; errors, mismatches, both finite), or None
+        self._cache: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None] = {}
+
+    def _get(self, key: str, expected: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        slot = (key, id(expected))
+        if slot not in self._cache:
+            o = np.asarray(self.obs[key], dtype=np.float64)
+            if o.shape != expected.shape:
+                self._cache[slot] = None
+            else:
+                rounded = round_as_float64(expected, output_dtype(self.case, quantity_of(key)))
+                ref = np.where(np.isfinite(rounded), expected, rounded)
+                with np.errstate(all="ignore"):
+                    fin_o, fin_r = np.isfinite(o), np.isfinite(ref)
+                    mismatch = (fin_o != fin_r) | (~fin_o & ~fin_r & ~((np.isnan(o) & np.isnan(ref)) | (o == ref)))
+                    both = fin_o & fin_r
+                    err = np.where(both, np.abs(o - ref), 0.0)
+                self._cache[slot] = (expected, err, mismatch, both)
+        got = self._cache[slot]
+        return None if got is None else got[1:]
+
+    def ratio(self, key: str, expected: np.ndarray, bound: np.ndarray, free: np.ndarray | None = None) -> float:
+        """max |error| / bound over the elements not `free` (inf for a shape or NaN/Inf-pattern mismatch)."""
+        got = self._get(key, expected)
+        if got is None:
+            return np.inf
+        err, mismatch, both = got
+        with np.errstate(all="ignore"):
+            r = np.where(both, err / bound, 0.0)
+        r = np.where(mismatch, np.inf, r)
+        if free is not None:
+            r = np.where(free, 0.0, r)
+        return float(r.max(initial=0.0))
+
+
+def _fit(case: Case, errors: _Errors, keys: list[str], values: Values, bounds: Values, base: Values, name: str) -> _Fit:
     """Residual, coverage and tightness of one hypothesis over the deviating keys."""
     worst, modelled, constrained, free_n, total_n = 0.0, 0, False, 0, 0
     logs: dict[str, np.ndarray] = {}
@@ -337,18 +385,16 @@ def _fit(case: Case, obs: Observation, keys: list[str], values: Values, bounds: 
         modelled += 1
         val = values[k]
         b = np.broadcast_to(bounds[k], val.shape)
-        o = np.asarray(obs[k], np.float64)
         # an infinite bound where the hypothesis predicts a finite value: it predicts nothing there (unconstrained)
         free = ~np.isfinite(b) & np.isfinite(val)
-        free_n += int(free.sum())
+        n_free = int(free.sum())
+        free_n += n_free
         total_n += free.size
-        if free.all():
+        if n_free == free.size:
             continue
-        if free.any() and o.shape == val.shape:
-            o = np.where(free, val, o)  # judged as exact: left out of the residual
-        constrained = constrained or not free.any()
-        worst = max(worst, judge(case, k, o, val, bounds[k]).ratio)
-        if k in base:
+        constrained = constrained or not n_free
+        worst = max(worst, errors.ratio(k, val, b, free if n_free else None))  # free elements: left out
+        if k in base and HYPOTHESES[name].kind == "precision":
             with np.errstate(all="ignore"):
                 logs[k] = np.log(b / np.broadcast_to(base[k], val.shape)).reshape(-1)
     if modelled and not constrained:
@@ -372,25 +418,33 @@ def _tightness(fits: list[_Fit]) -> None:
 
 
 def diagnose(case: Case, inputs: Inputs, obs: Observation, refs: dict[str, Reference],
-             conventions: Conventions, verdicts: list[Verdict], family: str) -> Diagnosis | None:
-    """The diagnosis of one execution, or None when nothing deviates."""
+             conventions: Conventions, verdicts: list[Verdict], family: str,
+             bounds: dict[str, dict[str, np.ndarray]] | None = None) -> Diagnosis | None:
+    """The diagnosis of one execution, or None when nothing deviates.
+
+    `bounds`, keyed by running-variance convention like compare()'s, are the correct kernel's bounds of
+    `refs`, when the caller has them; otherwise they are computed here (the same numbers, only slower).
+    """
     bad = sorted((v for v in verdicts if not v.passed), key=lambda v: _chain_key(case, v.key))
     if not bad:
         return None
     first = bad[0]
     declared = conventions.running_var
     ref = refs[declared]
-    cache: dict[str, Values] = {}
+    known = dict(bounds or {})
 
-    def base_bounds() -> Values:
-        if "b" not in cache:
-            cache["b"] = compute_bounds(case, inputs, ref)
-        return cache["b"]
+    def bounds_of(convention: str) -> Values:
+        if convention not in known:
+            known[convention] = compute_bounds(case, inputs, refs[convention])
+        return known[convention]
+
+    base_bounds = lambda: bounds_of(declared)  # noqa: E731
 
     keys = [v.key for v in bad]
     untouched = max(v.ratio for v in bad)
+    errors = _Errors(case, obs)
     results: list[_Fit] = []
-    for cand in _candidates(case, inputs, refs, conventions, base_bounds):
+    for cand in _candidates(case, inputs, refs, conventions, bounds_of):
         if cand.keys is not None and first.key not in cand.keys:
             continue  # it does not model the first deviating quantity
         if cand.touches is not None and not any(cand.touches(k) for k in keys):
@@ -403,7 +457,7 @@ def diagnose(case: Case, inputs: Inputs, obs: Observation, refs: dict[str, Refer
             continue
         if first.key not in values:
             continue
-        results.append(_fit(case, obs, keys, values, alt_bounds, base_bounds(), cand.name))
+        results.append(_fit(case, errors, keys, values, alt_bounds, base_bounds(), cand.name))
     explaining = [r for r in results if r.residual <= 1.0]
     _tightness([r for r in explaining if HYPOTHESES[r.name].kind == "precision"])
     explaining.sort(key=_rank)
