@@ -15,10 +15,10 @@ pytest.importorskip("flax")
 from bncheck.cases import Case, case_from_dict  # noqa: E402
 from bncheck.compare import Verdict, compare, missing_quantities  # noqa: E402
 from bncheck.inputs import Inputs, make_inputs  # noqa: E402
-from bncheck.reference import RUNNING_VAR_CONVENTIONS, Reference, compute_reference  # noqa: E402
+from bncheck.judging import expected_values  # noqa: E402
+from bncheck.reference import Reference  # noqa: E402
 from bncheck.targets.base import Observation, Target, Unsupported  # noqa: E402
 from bncheck.targets.jax_targets import FlaxLinen, FlaxLinenTwoPass, FlaxNnx, JaxJit, probe  # noqa: E402
-from bncheck.tolerance import compute_bounds  # noqa: E402
 
 TARGETS: list[type[Target]] = [FlaxLinen, FlaxLinenTwoPass, FlaxNnx, JaxJit]
 _INSTANCES: dict[type[Target], Target] = {}  # shared, so compilations are reused across tests (as in a worker)
@@ -65,8 +65,8 @@ def _run(cls: type[Target], spec: dict[str, Any]) -> tuple[Case, Observation, di
     target = _target(cls)
     case = case_from_dict(spec)
     inputs = make_inputs(case)
-    refs = {c: compute_reference(case, inputs, c) for c in RUNNING_VAR_CONVENTIONS}
-    bounds = {c: compute_bounds(case, inputs, r) for c, r in refs.items()}
+    expected = expected_values(case, inputs)
+    refs, bounds = expected.references, expected.bounds
     obs = target.run(case, inputs)
     verdicts = compare(case, obs, refs, bounds, target.conventions)
     return case, obs, refs, {v.key: v for v in verdicts}

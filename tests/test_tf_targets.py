@@ -18,10 +18,10 @@ pytest.importorskip("tensorflow")
 from bncheck.cases import Case, case_from_dict  # noqa: E402
 from bncheck.compare import Verdict, compare, missing_quantities  # noqa: E402
 from bncheck.inputs import make_inputs  # noqa: E402
-from bncheck.reference import RUNNING_VAR_CONVENTIONS, Reference, compute_reference  # noqa: E402
+from bncheck.judging import expected_values  # noqa: E402
+from bncheck.reference import Reference, compute_reference  # noqa: E402
 from bncheck.targets.base import Observation, Target, Unsupported  # noqa: E402
 from bncheck.targets.tf_targets import TfFused, TfNn, _onednn_enabled, probe  # noqa: E402
-from bncheck.tolerance import compute_bounds  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TARGETS = [TfNn, TfFused]
@@ -59,8 +59,8 @@ def _verdicts(target: Target, spec: dict[str, Any]) -> tuple[Case, Observation, 
     """Run `spec` on `target` and judge it under the target's declared conventions."""
     case = case_from_dict(spec)
     inputs = make_inputs(case)
-    refs = {c: compute_reference(case, inputs, c) for c in RUNNING_VAR_CONVENTIONS}
-    bounds = {c: compute_bounds(case, inputs, r) for c, r in refs.items()}
+    expected = expected_values(case, inputs)
+    refs, bounds = expected.references, expected.bounds
     obs = target.run(case, inputs)
     return case, obs, refs, {v.key: v for v in compare(case, obs, refs, bounds, target.conventions)}
 
@@ -291,16 +291,15 @@ import json
 from bncheck.cases import case_from_dict
 from bncheck.compare import compare
 from bncheck.inputs import make_inputs
-from bncheck.reference import RUNNING_VAR_CONVENTIONS, compute_reference
+from bncheck.judging import expected_values
 from bncheck.targets.tf_targets import TfFused, TfNn, probe
-from bncheck.tolerance import compute_bounds
 out = {"onednn": probe()["details"]["onednn"], "bad": [], "rv": None}
 for cls, spec in ((TfFused, {"shape": [8, 4, 5, 5], "grad": True, "mode": "trajectory", "steps": 2}),
                   (TfFused, {"shape": [4, 3, 4, 4, 4], "grad": True, "layout": "channels_last"}),
                   (TfNn, {"shape": [8, 4, 5, 5], "grad": True})):
     case = case_from_dict(spec); inputs = make_inputs(case)
-    refs = {c: compute_reference(case, inputs, c) for c in RUNNING_VAR_CONVENTIONS}
-    bounds = {c: compute_bounds(case, inputs, r) for c, r in refs.items()}
+    expected = expected_values(case, inputs)
+    refs, bounds = expected.references, expected.bounds
     for v in compare(case, cls("cpu").run(case, inputs), refs, bounds, cls.conventions):
         if not v.passed: out["bad"].append([cls.family, v.key, v.ratio])
         if cls is TfFused and v.key == "train0.running_var": out["rv"] = v.matches

@@ -9,9 +9,8 @@ pytest.importorskip("torch")
 from bncheck.cases import case_from_dict  # noqa: E402
 from bncheck.compare import compare, missing_quantities  # noqa: E402
 from bncheck.inputs import make_inputs  # noqa: E402
-from bncheck.reference import RUNNING_VAR_CONVENTIONS, compute_reference  # noqa: E402
+from bncheck.judging import expected_values  # noqa: E402
 from bncheck.targets.torch_targets import TorchFunctional, TorchModule, TorchModuleChannelsLast  # noqa: E402
-from bncheck.tolerance import compute_bounds  # noqa: E402
 
 TARGETS = [TorchModule, TorchModuleChannelsLast, TorchFunctional]
 CASES = [
@@ -32,8 +31,8 @@ CASES = [
 def _verdicts(target, spec):
     case = case_from_dict(spec)
     inputs = make_inputs(case)
-    refs = {c: compute_reference(case, inputs, c) for c in RUNNING_VAR_CONVENTIONS}
-    bounds = {c: compute_bounds(case, inputs, r) for c, r in refs.items()}
+    expected = expected_values(case, inputs)
+    refs, bounds = expected.references, expected.bounds
     obs = target.run(case, inputs)
     return case, obs, refs, compare(case, obs, refs, bounds, target.conventions)
 
