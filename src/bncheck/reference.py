@@ -87,8 +87,15 @@ def _physical(case: Case, rows: np.ndarray) -> np.ndarray:
 
 def compute_reference(case: Case, inputs: Inputs, running_var: str = "unbiased") -> Reference:
     """Every observable quantity of `case`, with running variance updated by the given convention."""
-    if running_var not in RUNNING_VAR_CONVENTIONS:
-        raise ValueError(f"running_var must be one of {RUNNING_VAR_CONVENTIONS}")
+    return _compute(case, inputs, (running_var,))[running_var]
+
+
+def _compute(case: Case, inputs: Inputs, conventions: tuple[str, ...]) -> dict[str, Reference]:
+    """The reference under each of `conventions`, in one pass: only what depends on the running variance
+    (its updates, and evaluation with running statistics) is computed per convention; the rest is shared."""
+    for c in conventions:
+        if c not in RUNNING_VAR_CONVENTIONS:
+            raise ValueError(f"running_var must be one of {RUNNING_VAR_CONVENTIONS}")
     wd = working_dtype(case)
     exact = case.dtype == "float64" and not _LONGDOUBLE_IS_WIDER
     C = case.channels
@@ -97,11 +104,17 @@ def compute_reference(case: Case, inputs: Inputs, running_var: str = "unbiased")
     gamma = np.asarray(inputs["gamma"], dtype=wd) if case.affine else np.ones(C, wd)
     beta = np.asarray(inputs["beta"], dtype=wd) if case.affine else np.zeros(C, wd)
     rm = np.asarray(inputs["running_mean"], dtype=wd) if case.track_running_stats else None
-    rv = np.asarray(inputs["running_var"], dtype=wd) if case.track_running_stats else None
-    values: dict[str, np.ndarray] = {}
-    stats: dict[str, PhaseStats] = {}
-    metrics: dict[str, float | None] = {}
+    rv0 = np.asarray(inputs["running_var"], dtype=wd) if case.track_running_stats else None
+    rvs = {c: rv0 for c in conventions}
+    values: dict[str, dict[str, np.ndarray]] = {c: {} for c in conventions}
+    stats: dict[str, dict[str, PhaseStats]] = {c: {} for c in conventions}
+    metrics: dict[str, dict[str, float | None]] = {c: {} for c in conventions}
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+
+    def put(key: str, value: np.ndarray) -> None:
+        """A value every convention shares."""
+        for c in conventions:
+            values[c][key] = value
 
     with np.errstate(all="ignore"):
         for phase in case.phases:
@@ -114,53 +127,72 @@ def compute_reference(case: Case, inputs: Inputs, running_var: str = "unbiased")
             var_u = ssq / (n - 1) if n > 1 else np.full(C, np.nan, wd)
             training = phase != "eval"
             batch_stats = training or not case.track_running_stats
+            abs_mean = f64(_channel_sum(np.abs(X), exact) / n)
+            # per convention: (centre, invstd, xhat) used to normalise; shared objects when they cannot differ
             if batch_stats:
-                centre, invstd = mean, one / np.sqrt(var_b + eps)
+                invstd = one / np.sqrt(var_b + eps)
+                xhat = d * invstd
+                Y = gamma * xhat + beta
+                y = _physical(case, Y)
+                norm = {c: (mean, invstd, xhat, y) for c in conventions}
             else:
-                centre, invstd = rm, one / np.sqrt(rv + eps)
-            xhat = (X - centre) * invstd
-            Y = gamma * xhat + beta
-            values[f"{phase}.y"] = _physical(case, Y)
-            if not batch_stats:
-                # the train/eval gap: eval output (running statistics) against the same batch's own statistics
-                gap = np.abs(Y - (gamma * (d / np.sqrt(var_b + eps)) + beta))
-                finite = gap[np.isfinite(gap)]
-                metrics["train_eval_gap_max"] = float(finite.max()) if finite.size else None
-                metrics["train_eval_gap_mean"] = float(finite.mean()) if finite.size else None
-            st = PhaseStats(
-                n=n, batch_stats=batch_stats, mean=f64(mean), var=f64(var_b),
-                abs_mean=f64(_channel_sum(np.abs(X), exact) / n), invstd=f64(invstd), centre=f64(centre),
-                gamma=f64(gamma), beta=f64(beta),
-                running_mean_in=None if rm is None else f64(rm), running_var_in=None if rv is None else f64(rv),
-            )
+                norm = {}
+                batch_y = gamma * (d / np.sqrt(var_b + eps)) + beta
+                for c in conventions:
+                    inv = one / np.sqrt(rvs[c] + eps)
+                    xh = (X - rm) * inv
+                    Yc = gamma * xh + beta
+                    norm[c] = (rm, inv, xh, _physical(case, Yc))
+                    # the train/eval gap: eval output (running statistics) against the same batch's own statistics
+                    gap = np.abs(Yc - batch_y)
+                    finite = gap[np.isfinite(gap)]
+                    metrics[c]["train_eval_gap_max"] = float(finite.max()) if finite.size else None
+                    metrics[c]["train_eval_gap_mean"] = float(finite.mean()) if finite.size else None
+            for c in conventions:
+                values[c][f"{phase}.y"] = norm[c][3]
+            shared_stats = dict(n=n, batch_stats=batch_stats, mean=f64(mean), var=f64(var_b), abs_mean=abs_mean,
+                                gamma=f64(gamma), beta=f64(beta), running_mean_in=None if rm is None else f64(rm))
+            phase_stats = {c: PhaseStats(**shared_stats, invstd=f64(norm[c][1]), centre=f64(norm[c][0]),
+                                         running_var_in=None if rvs[c] is None else f64(rvs[c]))
+                           for c in conventions}
             if batch_stats:
-                values[f"{phase}.batch_mean"] = f64(mean)
-                values[f"{phase}.batch_var"] = f64(var_b)
-                values[f"{phase}.batch_var_unbiased"] = f64(var_u)
-                values[f"{phase}.batch_invstd"] = f64(invstd)
+                put(f"{phase}.batch_mean", f64(mean))
+                put(f"{phase}.batch_var", f64(var_b))
+                put(f"{phase}.batch_var_unbiased", f64(var_u))
+                put(f"{phase}.batch_invstd", f64(invstd))
             if training and case.track_running_stats:
                 rm = (one - m) * rm + m * mean
-                rv = (one - m) * rv + m * (var_u if running_var == "unbiased" else var_b)
-                values[f"{phase}.running_mean"] = f64(rm)
-                values[f"{phase}.running_var"] = f64(rv)
+                put(f"{phase}.running_mean", f64(rm))
+                for c in conventions:
+                    rvs[c] = (one - m) * rvs[c] + m * (var_u if c == "unbiased" else var_b)
+                    values[c][f"{phase}.running_var"] = f64(rvs[c])
             if case.grad:
                 dY = _rows(case, inputs[f"{phase}.dy"], wd)
                 dbeta = _channel_sum(dY, exact)
-                dgamma = _channel_sum(dY * xhat, exact)
-                if batch_stats:
-                    dX = gamma * invstd * (dY - dbeta / n - xhat * (dgamma / n))
-                else:
-                    dX = gamma * invstd * dY
-                values[f"{phase}.dx"] = _physical(case, dX)
-                if case.affine:
-                    values[f"{phase}.dgamma"] = f64(dgamma)
-                    values[f"{phase}.dbeta"] = f64(dbeta)
-                st.extras["abs_dy_mean"] = f64(_channel_sum(np.abs(dY), exact) / n)
-                st.extras["abs_dy_xhat_mean"] = f64(_channel_sum(np.abs(dY * xhat), exact) / n)
-                st.extras["dy_xhat_mean"] = f64(dgamma / n)
-                st.extras["dy_mean"] = f64(dbeta / n)
-            stats[phase] = st
-    return Reference(values=values, stats=stats, running_var=running_var, precision=precision_label(case), metrics=metrics)
+                extras = {"abs_dy_mean": f64(_channel_sum(np.abs(dY), exact) / n), "dy_mean": f64(dbeta / n)}
+                done: dict[int, tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = {}
+                for c in conventions:
+                    _, inv, xh, _ = norm[c]
+                    if id(xh) not in done:  # conventions that normalised alike share their gradients
+                        dgamma = _channel_sum(dY * xh, exact)
+                        if batch_stats:
+                            dX = gamma * inv * (dY - dbeta / n - xh * (dgamma / n))
+                        else:
+                            dX = gamma * inv * dY
+                        done[id(xh)] = (_physical(case, dX), dgamma, {
+                            "abs_dy_xhat_mean": f64(_channel_sum(np.abs(dY * xh), exact) / n),
+                            "dy_xhat_mean": f64(dgamma / n)})
+                    dx, dgamma, own = done[id(xh)]
+                    values[c][f"{phase}.dx"] = dx
+                    if case.affine:
+                        values[c][f"{phase}.dgamma"] = f64(dgamma)
+                        values[c][f"{phase}.dbeta"] = f64(dbeta)
+                    phase_stats[c].extras.update(extras, **own)
+            for c in conventions:
+                stats[c][phase] = phase_stats[c]
+    label = precision_label(case)
+    return {c: Reference(values=values[c], stats=stats[c], running_var=c, precision=label, metrics=metrics[c])
+            for c in conventions}
 
 
 def convention_matters(case: Case) -> bool:
@@ -171,7 +203,7 @@ def convention_matters(case: Case) -> bool:
 def compute_references(case: Case, inputs: Inputs) -> dict[str, Reference]:
     """The reference under each running-variance convention, computed once when the convention cannot matter."""
     if convention_matters(case):
-        return {c: compute_reference(case, inputs, c) for c in RUNNING_VAR_CONVENTIONS}
+        return _compute(case, inputs, RUNNING_VAR_CONVENTIONS)
     ref = compute_reference(case, inputs, RUNNING_VAR_CONVENTIONS[0])
     return {c: ref if c == ref.running_var else replace(ref, running_var=c) for c in RUNNING_VAR_CONVENTIONS}
 
