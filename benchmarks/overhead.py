@@ -129,6 +129,61 @@ def targets_by_framework(pattern: str | None) -> dict[str, list[str]]:
     return by_fw
 
 
+# ---- the parent's work per execution ------------------------------------------------------------------
+def parent_stages(suite: str, repeats: int = 3) -> dict[str, float]:
+    """Milliseconds per case of each stage the parent runs, best of `repeats`, judging a correct observation.
+
+    The observation is the reference itself rounded to each quantity's output dtype (what an exact target
+    returns), so it passes and needs no diagnosis: the cost of judging a deviating one comes on top.
+    """
+    from bncheck.cases import load_cases
+    from bncheck.compare import compare
+    from bncheck.dtypes import round_as_float64
+    from bncheck.inputs import make_inputs
+    from bncheck.judging import expected_values
+    from bncheck.store import Store
+    from bncheck.targets.base import Conventions
+    from bncheck.tolerance import output_dtype
+
+    cases = load_cases([suite])
+    conventions = Conventions(momentum="new", running_var="unbiased")
+    inputs = [make_inputs(c) for c in cases]
+    expected = [expected_values(c, i) for c, i in zip(cases, inputs)]
+    observations = [{k: round_as_float64(v, output_dtype(c, k.split(".", 1)[1]))
+                     for k, v in e.references["unbiased"].values.items()} for c, e in zip(cases, expected)]
+    verdicts = [compare(c, o, e.references, e.bounds, conventions, e.dependent) for c, o, e in zip(cases, observations, expected)]
+    rows = [[{**v.to_dict(), "ratio_value": v.ratio} for v in vs] for vs in verdicts]
+    tmp = Path(tempfile.mkdtemp(prefix="bncheck-stages-"))
+    store = Store(tmp / "s.sqlite")
+    run_id = store.begin_run("benchmark", [suite], {})
+
+    def store_all() -> None:
+        for c, r in zip(cases, rows):
+            store.add_execution(run_id, c.case_id, "t", "ok", "", "", 0.0, "", r)
+
+    stages = {
+        "inputs": lambda: [make_inputs(c) for c in cases],
+        "reference+bounds": lambda: [expected_values(c, i) for c, i in zip(cases, inputs)],
+        "compare": lambda: [compare(c, o, e.references, e.bounds, conventions, e.dependent)
+                            for c, o, e in zip(cases, observations, expected)],
+        "verdicts to JSON-ready dicts": lambda: [[v.to_dict() for v in vs] for vs in verdicts],
+        "store (one commit each)": store_all,
+    }
+    out = {}
+    try:
+        for name, fn in stages.items():
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                best = min(best, time.perf_counter() - t0)
+            out[name] = 1000 * best / len(cases)
+    finally:
+        store.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 # ---- whole runs --------------------------------------------------------------------------------------
 def cli_run(args: list[str], cache: Path, out: Path) -> tuple[float, dict[str, Any]]:
     """Wall time of one `bncheck` command (imports included) and its results.json."""
@@ -174,6 +229,10 @@ def main() -> None:
                     s = doc["summary"]
                     print(f"  bncheck {' '.join(args):<32} {label} JAX cache: {wall:6.1f} s wall, {s['executions']} executions "
                           f"({s['cases']} cases x {s['targets']} targets), {s['executions'] / wall:5.1f} executions/s", flush=True)
+        print("\nthe parent's work per case (ms, best of 3; a correct observation, so no diagnosis)")
+        for suite in suites:
+            st = parent_stages(suite)
+            print(f"  {suite:<10} " + ", ".join(f"{k} {v:.2f}" for k, v in st.items()) + f"; total {sum(st.values()):.2f}")
         by_fw = targets_by_framework(a.targets)
         smoke_ratios: list[float] = []
         for suite in suites:

@@ -15,6 +15,7 @@ from .tolerance import output_dtype
 
 MAX_CHANNELS_LISTED = 16
 MAX_CHANNEL_VALUES = 64  # per-channel ratios and values kept for the report's charts
+_TINY = np.finfo(np.float64).tiny
 
 
 @dataclass
@@ -86,7 +87,7 @@ def judge(case: Case, key: str, observed: np.ndarray, expected: np.ndarray, boun
             nonfinite = 0
             err = np.abs(obs - expected)
             ratio_el = err / bound
-            ref = expected
+            scale = expected
         else:
             ref = np.where(fin_r, expected, rounded)
             nonfinite_bad = (fin_o != fin_r) | (~fin_o & ~fin_r & ~((np.isnan(obs) & np.isnan(ref)) | (obs == ref)))
@@ -94,15 +95,16 @@ def judge(case: Case, key: str, observed: np.ndarray, expected: np.ndarray, boun
             both = fin_o & fin_r
             err = np.where(both, np.abs(obs - ref), 0.0)
             ratio_el = np.where(nonfinite_bad, np.inf, np.where(both, err / bound, 0.0))
-        rel = err / np.maximum(np.abs(ref), np.finfo(np.float64).tiny)
-        ulps = err / ulp(ref, dt)
-        max_rel = float(np.nanmax(rel, initial=0.0)) if rel.size else 0.0
-        max_ulp = float(np.nanmax(ulps, initial=0.0)) if ulps.size else 0.0
+            scale = np.where(both, ref, 1.0)  # err is 0 where a side is not finite; any finite scale will do
+        max_rel = float((err / np.maximum(np.abs(scale), _TINY)).max(initial=0.0))
+        max_ulp = float((err / ulp(scale, dt)).max(initial=0.0))
+    if ratio_el.shape != obs.shape:
+        ratio_el = np.broadcast_to(ratio_el, obs.shape)
     if quantity in ("y", "dx"):
-        per_channel = flatten_channels(case, np.broadcast_to(ratio_el, obs.shape)).max(axis=0, initial=0.0)
+        per_channel = flatten_channels(case, ratio_el).max(axis=0, initial=0.0)
         observed_values = expected_values = []
     else:
-        per_channel = np.broadcast_to(ratio_el, obs.shape).reshape(-1)
+        per_channel = ratio_el.reshape(-1)
         small = case.channels <= MAX_CHANNEL_VALUES
         observed_values = obs.reshape(-1).tolist() if small else []
         expected_values = np.asarray(expected, dtype=np.float64).reshape(-1).tolist() if small else []
@@ -134,7 +136,8 @@ def compare(
     declared = conventions.running_var
     ref = references[declared]
     verdicts = []
-    for key in sorted(observation, key=lambda k: (case.phases.index(phase_of(k)) if phase_of(k) in case.phases else 99, k)):
+    phases = case.phases
+    for key in sorted(observation, key=lambda k: (phases.index(phase_of(k)) if phase_of(k) in phases else 99, k)):
         if key not in ref.values:
             continue
         v = judge(case, key, observation[key], ref.values[key], bounds[declared][key])
