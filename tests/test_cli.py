@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bncheck.store import SCHEMA_VERSION
 from conftest import ROOT, write_jsonl
 
 has_torch = pytest.mark.skipif(not __import__("importlib").util.find_spec("torch"), reason="torch not installed")
@@ -133,7 +134,7 @@ def test_run_smoke_writes_real_results(tmp_path, cli):
     html = (out / "index.html").read_text()
     assert "torch.nn@cpu" in html and "http" not in html.replace("http-equiv", "")
     db = sqlite3.connect(out / "results.sqlite")
-    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("1",)
+    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(SCHEMA_VERSION),)
     assert db.execute("SELECT count(*) FROM executions").fetchone()[0] == len(doc["executions"])
 
 

@@ -133,6 +133,8 @@ def test_run_with_three_crashes_reports_the_broken_target_in_results_json(tmp_pa
     (t,) = [t for t in doc["targets"] if t["name"] == TARGET]
     assert t["broken"] is True and t["broken_reason"] == broken_message(3)
     assert doc["summary"]["broken_targets"] == [TARGET]
+    html = (out / "index.html").read_text()  # the report's target matrix says so too
+    assert f'data-broken="{TARGET}">broken: {broken_message(3)}' in html
 
 
 # ---- minimal cases: stored, written as case files, replayable --------------------------------------
@@ -163,6 +165,8 @@ def test_shrunk_finding_is_stored_written_as_a_case_file_and_replays(tmp_path, c
     (loaded,) = load_case_file(case_file)
     assert loaded.case_id == small and loaded.meta["shrunk_from"] == f["shrink"]["from_case"]
     assert list(out.glob("findings/*.html")), "the HTML pages still sit beside the case folders"
+    page = (out / "findings" / f"{f['signature']}.html").read_text()  # the finding's page links the case file
+    assert f'href="../{f["case_file"]}"' in page and f"bncheck replay {small} --target {TARGET}" in page
 
     for where in (("--cases", str(case_file)), ("--out", str(out))):  # from the case file; from the store
         rep = cli("replay", small, "--target", TARGET, "--plugin", "faulty_plugin", *where)

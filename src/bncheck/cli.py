@@ -1,7 +1,8 @@
 """The `bncheck` command line: parses, delegates, sets the exit status; nothing else.
 
 Exit status: 0 success and nothing to report; 1 deviations, errors, crashes or timeouts found;
-2 usage or input error; 3 infrastructure error (no requested target available, store unusable).
+2 usage or input error; 3 infrastructure error (no requested target available, store unusable);
+128 + the signal (130 SIGINT, 143 SIGTERM) for a run interrupted with its results stored.
 """
 
 from __future__ import annotations

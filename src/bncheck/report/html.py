@@ -439,6 +439,8 @@ def _finding_context(doc: dict[str, Any], f: dict[str, Any], out_dir: Path | Non
         "repro_text": repro_text, "repro_size": repro_size,
         "repro_href": f"../{f['repro']}" if f.get("repro") else None,
         "replay": f"bncheck replay {w['case_id']} --target {f['target']} --out {shlex.quote(_replay_out(doc['run'].get('command', '')))}",
+        "replay_minimal": f"bncheck replay {f.get('minimal_case') or w['case_id']} --target {f['target']} "
+                          f"--out {shlex.quote(_replay_out(doc['run'].get('command', '')))}",
         "case_list": [(cid, doc["cases"].get(cid, {}).get("description", cid)) for cid in f["cases"][:MAX_CASES_LISTED]],
         "target_info": tinfo, "conventions_json": json.dumps((tinfo or {}).get("conventions", {}), indent=1),
         "frameworks": _frameworks(manifest), "host": _host(manifest),
