@@ -47,4 +47,5 @@ def judge_execution(case: Case, inputs: Inputs, observation: Observation, conven
     verdicts = compare(case, observation, expected.references, expected.bounds, conventions, expected.dependent)
     if all(v.passed for v in verdicts):
         return verdicts, None
-    return verdicts, diagnose(case, inputs, observation, expected.references, conventions, verdicts, family)
+    return verdicts, diagnose(case, inputs, observation, expected.references, conventions, verdicts, family,
+                              bounds=expected.bounds)
