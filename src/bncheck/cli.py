@@ -370,13 +370,13 @@ def run(ctx: click.Context, casefiles: tuple[str, ...], pattern: str | None, out
 @out_option
 @timeout_option
 @shrink_option
-@shrink_time_option(30.0)
+@shrink_time_option(20.0)
 @memory_option
 @plugin_option
 def audit(suite: str, pattern: str | None, out: str, timeout: float, shrink: int, shrink_time: float,
           memory_limit: float | None, plugins: tuple[str, ...]) -> None:
     """Run the shipped default suite on every available target and write the report (complete an interrupted
-    audit with 'bncheck run --resume latest --out DIR'); it shrinks findings for 30 s, a run for 90 s."""
+    audit with 'bncheck run --resume latest --out DIR'); it shrinks findings for 20 s, a run for 90 s."""
     sys.exit(_run([suite], pattern, out, timeout, plugins, shrink, memory_limit, shrink_time=shrink_time))
 
 
