@@ -131,6 +131,12 @@ def test_run_smoke_writes_real_results(tmp_path, cli):
     findings = {(f["target"], f["hypothesis"], f["classification"]) for f in doc["findings"]}
     assert ("ort.opset15@cpu", "params-float32", "convention") in findings  # the float64 smoke case
     assert sum(f["count"] for f in doc["findings"]) == doc["summary"]["deviating_executions"]
+    # causes regroup the findings by (target, hypothesis): every finding in exactly one, counts preserved
+    causes = doc["root_causes"]
+    assert sorted(sig for g in causes for sig in g["findings"]) == sorted(f["signature"] for f in doc["findings"])
+    assert sum(g["count"] for g in causes) == doc["summary"]["deviating_executions"]
+    assert len({(g["target"], g["hypothesis"]) for g in causes}) == len(causes)
+    assert f"{len(causes)} causes (target x hypothesis)" in r.stdout
     html = (out / "index.html").read_text()
     assert "torch.nn@cpu" in html and "http" not in html.replace("http-equiv", "")
     db = sqlite3.connect(out / "results.sqlite")

@@ -319,3 +319,27 @@ def test_ten_thousand_executions_render_quickly_into_a_small_index(tmp_path):
 def test_page_names_are_file_names(sig):
     name = page_name(sig)
     assert "/" not in name and " " not in name and name.endswith(".html")
+
+
+def test_root_causes_group_findings_by_target_and_hypothesis_across_regimes():
+    """Findings of one target and hypothesis in different regimes make one cause; counts add up; worst ratio kept."""
+    from bncheck.report.results import root_causes
+
+    def finding(sig, target, hyp, cls, regime, quantity, count, ratio):
+        return {"signature": sig, "target": target, "hypothesis": hyp, "classification": cls, "explanation": hyp,
+                "regime": regime, "quantity": quantity, "count": count, "worst": {"ratio": ratio}}
+
+    findings = [
+        finding("a", "t1", "one-pass-variance", "precision", "mean-offset-1e2", "y", 2, 5.0),
+        finding("b", "t1", "one-pass-variance", "precision", "mean-offset-1e4", "running_var", 3, "inf"),
+        finding("c", "t1", "one-pass-variance", "precision", "mean-offset-1e2", "y", 1, 9.0),
+        finding("d", "t1", "unexplained", "suspected-bug", "subnormal-inputs", "dx", 1, 2.0),
+        finding("e", "t2", "one-pass-variance", "precision", "mean-offset-1e2", "y", 4, 3.0),
+    ]
+    causes = root_causes(findings)
+    assert [(g["target"], g["hypothesis"]) for g in causes] == [
+        ("t1", "unexplained"), ("t1", "one-pass-variance"), ("t2", "one-pass-variance")]  # suspected bugs first
+    g = causes[1]
+    assert g["findings"] == ["a", "b", "c"] and g["count"] == 6 and g["worst_ratio"] == "inf"
+    assert g["regimes"] == ["mean-offset-1e2", "mean-offset-1e4"] and g["quantities"] == ["y", "running_var"]
+    assert causes[2]["worst_ratio"] == 3.0

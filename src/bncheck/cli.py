@@ -21,6 +21,7 @@ from .cases import CaseFileError, load_cases
 from .store import FILENAME, Store, StoreError
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
+MAX_CAUSES_PRINTED = 20
 
 
 class Failure(click.ClickException):
@@ -313,13 +314,15 @@ def _run(sources: list[str], pattern: str | None, out: str, timeout: float, plug
                f"{bad} errors/crashes/timeouts, {s['by_status']['unsupported']} unsupported.")
     fc = s["findings"]
     if doc["findings"]:
+        causes = doc["root_causes"]
         click.echo(f"{len(doc['findings'])} findings: {fc['suspected-bug']} suspected-bug, {fc['precision']} precision, "
-                   f"{fc['convention']} convention")
-        for f in doc["findings"][:12]:
-            click.echo(f"  {f['classification']:<13} {f['target']:<26} {f['worst']['first']:<22} {f['hypothesis']:<24} "
-                       f"{f['regime']} (x{f['count']})")
-        if len(doc["findings"]) > 12:
-            click.echo(f"  ... {len(doc['findings']) - 12} more in results.json and index.html")
+                   f"{fc['convention']} convention; {len(causes)} causes (target x hypothesis):")
+        for g in causes[:MAX_CAUSES_PRINTED]:
+            regimes = ", ".join(g["regimes"][:3]) + (f" +{len(g['regimes']) - 3} more" if len(g["regimes"]) > 3 else "")
+            click.echo(f"  {g['classification']:<13} {g['target']:<26} {g['hypothesis']:<42} {','.join(g['quantities'])} "
+                       f"in {regimes} ({g['count']} executions, {len(g['findings'])} findings)")
+        if len(causes) > MAX_CAUSES_PRINTED:
+            click.echo(f"  ... {len(causes) - MAX_CAUSES_PRINTED} more in results.json and index.html")
     if status != "complete":
         click.echo(f"run {run_id} is incomplete; complete it with: bncheck run --resume {run_id} --out {out}")
     click.echo(f"results: {out_dir / FILENAME}, {out_dir / 'results.json'}, {out_dir / 'index.html'}, {out_dir / 'results.xml'} (run {run_id})")

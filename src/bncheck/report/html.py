@@ -22,7 +22,7 @@ from typing import Any
 import jinja2
 
 from . import svg
-from .results import write_atomic
+from .results import root_causes, write_atomic
 
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("bncheck", "report/templates"),
@@ -253,7 +253,7 @@ def render_index(doc: dict[str, Any]) -> str:
     ]
     manifest = doc["run"].get("manifest") or {}
     return _env.get_template("index.html").render(
-        doc=doc, s=doc["summary"], matrix=_matrix(doc), findings=rows, filters=filters,
+        doc=doc, s=doc["summary"], matrix=_matrix(doc), findings=rows, filters=filters, causes=root_causes(doc["findings"]),
         problems=problems[:MAX_PROBLEMS_LISTED], problems_total=len(problems), unsupported=_unsupported(doc),
         executions_json=_executions_json(doc), frameworks=_frameworks(manifest), host=_host(manifest),
         manifest_json=json.dumps(manifest, indent=1, default=str), severity=SEVERITY, severity_label=SEVERITY_LABEL,

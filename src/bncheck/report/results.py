@@ -95,6 +95,31 @@ def build_findings(executions: list[dict[str, Any]], cases: dict[str, dict[str, 
 CLASS_ORDER = ("suspected-bug", "precision", "convention")
 
 
+def root_causes(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Findings grouped once more by (target, hypothesis, classification): one line per cause and target,
+    whatever regimes and first quantities it showed in; `unexplained` findings stay one group per target.
+
+    A finding's signature keeps the regime, so a hazards suite with twenty regimes gives twenty findings of
+    one cause; this is the short list a maintainer reads first.
+    """
+    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for f in findings:
+        key = (f["target"], f["hypothesis"], f["classification"])
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = {"target": f["target"], "hypothesis": f["hypothesis"], "classification": f["classification"],
+                               "explanation": f["explanation"], "quantities": [], "regimes": [], "findings": [],
+                               "count": 0, "worst_ratio": 0.0}
+        g["count"] += f["count"]
+        g["findings"].append(f["signature"])
+        for k, v in (("quantities", f["quantity"]), ("regimes", f["regime"])):
+            if v not in g[k]:
+                g[k].append(v)
+        r = f["worst"]["ratio"]
+        g["worst_ratio"] = "inf" if r == "inf" or g["worst_ratio"] == "inf" else max(g["worst_ratio"], r)
+    return sorted(groups.values(), key=lambda g: (CLASS_ORDER.index(g["classification"]), g["target"], -g["count"]))
+
+
 def build_results(store: Store, run_id: str) -> dict[str, Any]:
     """The whole results document of one run."""
     run = store.run(run_id)
@@ -151,6 +176,7 @@ def build_results(store: Store, run_id: str) -> dict[str, Any]:
         },
         "targets": targets,
         "findings": findings,
+        "root_causes": root_causes(findings),
         "cases": cases,
         "executions": out_execs,
     }
