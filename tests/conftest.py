@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -25,6 +27,25 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "bncheck.cli", *args], cwd=cwd or ROOT, capture_output=True,
                           text=True, timeout=timeout, env=e)
+
+
+def wait_for_executions(db: Path, at_least: int, proc: subprocess.Popen[str], limit: float = 60) -> None:
+    """Wait until a running `bncheck run` (proc) has stored `at_least` executions in `db`."""
+    stop = time.monotonic() + limit
+    while time.monotonic() < stop:
+        assert proc.poll() is None, proc.communicate()
+        if db.exists():
+            try:
+                con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+                try:
+                    if con.execute("SELECT count(*) FROM executions").fetchone()[0] >= at_least:
+                        return
+                finally:
+                    con.close()
+            except sqlite3.OperationalError:  # the store is being created
+                pass
+        time.sleep(0.05)
+    raise AssertionError("the run stored too few results in time")
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

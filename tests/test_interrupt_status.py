@@ -6,33 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
-from conftest import PLUGINS, ROOT, write_jsonl
-
-
-def _wait_for_executions(db: Path, at_least: int, proc: subprocess.Popen[str], limit: float = 60) -> None:
-    stop = time.monotonic() + limit
-    while time.monotonic() < stop:
-        assert proc.poll() is None, proc.communicate()
-        if db.exists():
-            try:
-                con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-                try:
-                    if con.execute("SELECT count(*) FROM executions").fetchone()[0] >= at_least:
-                        return
-                finally:
-                    con.close()
-            except sqlite3.OperationalError:  # the store is being created
-                pass
-        time.sleep(0.05)
-    raise AssertionError("the run stored too few results in time")
+from conftest import PLUGINS, ROOT, wait_for_executions, write_jsonl
 
 
 @pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -46,7 +25,7 @@ def test_interrupted_run_exits_128_plus_the_signal(tmp_path, sig, status):
                              "--plugin", "faulty_plugin", "--shrink", "0", "--out", str(out)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for_executions(out / "results.sqlite", 2, proc)
+        wait_for_executions(out / "results.sqlite", 2, proc)
         proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=60)
     finally:

@@ -21,7 +21,7 @@ from bncheck.pool import GIB, WorkerHandle, default_memory_limit, memory_limit_b
 from bncheck.runner import _Window, broken_message
 from bncheck.store import Store
 from bncheck.worker import jax_cache_env
-from conftest import PLUGINS, ROOT, write_jsonl
+from conftest import PLUGINS, ROOT, wait_for_executions, write_jsonl
 
 FAULTY = ("--targets", "faulty.*", "--plugin", "faulty_plugin", "--shrink", "0")
 
@@ -163,23 +163,6 @@ def _start_slow_run(cases: Path, out: Path) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_results(db: Path, at_least: int, proc: subprocess.Popen[str], limit: float = 60) -> None:
-    stop = time.monotonic() + limit
-    while time.monotonic() < stop:
-        assert proc.poll() is None, proc.communicate()
-        if db.exists():
-            try:
-                con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-                n = con.execute("SELECT count(*) FROM executions").fetchone()[0]
-                con.close()
-                if n >= at_least:
-                    return
-            except sqlite3.OperationalError:
-                pass
-        time.sleep(0.05)
-    raise AssertionError("the run stored too few results in time")
-
-
 def _stored(db: Path) -> dict[tuple[str, str], tuple[Any, ...]]:
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -215,7 +198,7 @@ def test_sigkill_loses_no_committed_result_and_resume_equals_a_clean_run(tmp_pat
     cases = _cases(tmp_path / "c.jsonl", list(range(1, 13)) + [120])  # seed 120 deviates (y scaled by 1.01)
     out = tmp_path / "killed"
     proc = _start_slow_run(cases, out)
-    _wait_for_results(out / "results.sqlite", 4, proc)
+    wait_for_executions(out / "results.sqlite", 4, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     time.sleep(0.3)
@@ -248,7 +231,7 @@ def test_sigterm_records_an_interrupted_run_that_resume_completes(tmp_path, cli)
     cases = _cases(tmp_path / "c.jsonl", list(range(1, 11)))
     out = tmp_path / "out"
     proc = _start_slow_run(cases, out)
-    _wait_for_results(out / "results.sqlite", 2, proc)
+    wait_for_executions(out / "results.sqlite", 2, proc)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=30)
     doc = json.loads((out / "results.json").read_text())
