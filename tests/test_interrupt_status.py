@@ -14,6 +14,12 @@ import pytest
 from conftest import PLUGINS, ROOT, wait_for_executions, write_jsonl
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default. A shell starts background jobs (CI run with `&`)
+    with SIGINT ignored, and Python then keeps ignoring it, as a background job should."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupted_run_exits_128_plus_the_signal(tmp_path, sig, status):
     """A run stopped mid-way by SIGINT or SIGTERM exits 130 or 143 with results.json saying 'interrupted'."""
@@ -23,7 +29,8 @@ def test_interrupted_run_exits_128_plus_the_signal(tmp_path, sig, status):
     env["PYTHONPATH"] = os.pathsep.join([str(PLUGINS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc = subprocess.Popen([sys.executable, "-m", "bncheck.cli", "run", str(cases), "--targets", "faulty.*",
                              "--plugin", "faulty_plugin", "--shrink", "0", "--out", str(out)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     try:
         wait_for_executions(out / "results.sqlite", 2, proc)
         proc.send_signal(sig)
