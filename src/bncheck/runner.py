@@ -22,8 +22,8 @@ from . import targets as registry
 from .cases import Case
 from .compare import missing_quantities
 from .inputs import inputs_digest, make_inputs
-from .manifest import base_manifest
 from .judging import Expected, expected_values, judge_execution
+from .manifest import base_manifest
 from .pool import Outcome, WorkerHandle, memory_limit_bytes, stop_all
 from .store import Store
 from .targets.base import Target
