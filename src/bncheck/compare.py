@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -69,6 +69,34 @@ def _json_float(x: float) -> float | str:
     return "nan" if x != x else ("inf" if x > 0 else "-inf")
 
 
+class ElementErrors(NamedTuple):
+    """Element-wise errors of an observation against the reference (see elementwise_errors)."""
+
+    err: np.ndarray  # |observed - reference| where both are finite, 0 elsewhere
+    mismatch: np.ndarray | None  # where the NaN/Inf pattern differs (None: every value is finite on both sides)
+    both: np.ndarray | None  # where both are finite (None: everywhere)
+    scale: np.ndarray  # the reference where both are finite, 1 elsewhere: for relative errors and ULPs
+
+
+def elementwise_errors(observed: np.ndarray, expected: np.ndarray, dtype: str) -> ElementErrors:
+    """Errors of `observed` (float64, the shape of `expected`) against the exact reference `expected`.
+
+    The NaN/Inf pattern is judged against the reference rounded to the output `dtype` (a value beyond the
+    format's range must come back as Inf); errors against the exact reference, since bounds already contain
+    the final rounding.
+    """
+    rounded = round_as_float64(expected, dtype)
+    with np.errstate(all="ignore"):
+        fin_o, fin_r = np.isfinite(observed), np.isfinite(rounded)
+        if fin_o.all() and fin_r.all():  # the common case: every value finite on both sides
+            return ElementErrors(np.abs(observed - expected), None, None, expected)
+        ref = np.where(fin_r, expected, rounded)
+        mismatch = (fin_o != fin_r) | (~fin_o & ~fin_r & ~((np.isnan(observed) & np.isnan(ref)) | (observed == ref)))
+        both = fin_o & fin_r
+        err = np.where(both, np.abs(observed - ref), 0.0)
+        return ElementErrors(err, mismatch, both, np.where(both, ref, 1.0))
+
+
 def judge(case: Case, key: str, observed: np.ndarray, expected: np.ndarray, bound: np.ndarray) -> Verdict:
     """Verdict for one quantity: the reference is rounded to the quantity's output dtype before comparing."""
     quantity = quantity_of(key)
@@ -77,27 +105,16 @@ def judge(case: Case, key: str, observed: np.ndarray, expected: np.ndarray, boun
     if obs.shape != expected.shape:
         return Verdict(key, False, np.inf, np.inf, np.inf, np.inf, int(expected.size),
                        note=f"shape {obs.shape} differs from the expected {expected.shape}")
-    # the NaN/Inf pattern is judged against the reference rounded to the output dtype (a value beyond the
-    # format's range must come back as Inf); errors against the exact reference, since the bound already
-    # contains the final rounding
-    rounded = round_as_float64(expected, dt)
+    e = elementwise_errors(obs, expected, dt)
     with np.errstate(all="ignore"):
-        fin_o, fin_r = np.isfinite(obs), np.isfinite(rounded)
-        if fin_o.all() and fin_r.all():  # the common case: every value finite on both sides
-            nonfinite = 0
-            err = np.abs(obs - expected)
-            ratio_el = err / bound
-            scale = expected
+        if e.mismatch is None:
+            nonfinite, ratio_el = 0, e.err / bound
         else:
-            ref = np.where(fin_r, expected, rounded)
-            nonfinite_bad = (fin_o != fin_r) | (~fin_o & ~fin_r & ~((np.isnan(obs) & np.isnan(ref)) | (obs == ref)))
-            nonfinite = int(nonfinite_bad.sum())
-            both = fin_o & fin_r
-            err = np.where(both, np.abs(obs - ref), 0.0)
-            ratio_el = np.where(nonfinite_bad, np.inf, np.where(both, err / bound, 0.0))
-            scale = np.where(both, ref, 1.0)  # err is 0 where a side is not finite; any finite scale will do
-        max_rel = float((err / np.maximum(np.abs(scale), _TINY)).max(initial=0.0))
-        max_ulp = float((err / ulp(scale, dt)).max(initial=0.0))
+            nonfinite = int(e.mismatch.sum())
+            ratio_el = np.where(e.mismatch, np.inf, np.where(e.both, e.err / bound, 0.0))
+        max_rel = float((e.err / np.maximum(np.abs(e.scale), _TINY)).max(initial=0.0))
+        max_ulp = float((e.err / ulp(e.scale, dt)).max(initial=0.0))
+    err = e.err
     if ratio_el.shape != obs.shape:
         ratio_el = np.broadcast_to(ratio_el, obs.shape)
     if quantity in ("y", "dx"):

@@ -35,8 +35,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .cases import Case
-from .compare import Verdict
-from .dtypes import round_as_float64
+from .compare import ElementErrors, Verdict, elementwise_errors
 from .inputs import Inputs
 from .reference import Reference, _physical, _rows, compute_reference, phase_of, quantity_of
 from .targets.base import Conventions, Observation, flatten_channels
@@ -334,45 +333,33 @@ class _Fit:
 
 
 class _Errors:
-    """|observed - expected| and NaN/Inf-pattern mismatches per (key, expected array), computed once per diagnosis:
-    the precision hypotheses share the reference's values and differ only in their bounds. Same arithmetic as
-    compare.judge, which also derives channels, ULPs and relative errors the residual does not need."""
+    """compare.elementwise_errors per (key, expected array), computed once per diagnosis: the precision
+    hypotheses share the reference's values and differ only in their bounds."""
 
     def __init__(self, case: Case, obs: Observation) -> None:
         self.case, self.obs = case, obs
-        # (key, id(expected)) -> (expected, kept so that its id stays valid; errors, mismatches, both finite), or None
-        self._cache: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None] = {}
+        # (key, id(expected)) -> (expected, kept so that its id stays valid; its errors), or None (shape differs)
+        self._cache: dict[tuple[str, int], tuple[np.ndarray, ElementErrors] | None] = {}
 
-    def _get(self, key: str, expected: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    def _get(self, key: str, expected: np.ndarray) -> ElementErrors | None:
         slot = (key, id(expected))
         if slot not in self._cache:
             o = np.asarray(self.obs[key], dtype=np.float64)
-            if o.shape != expected.shape:
-                self._cache[slot] = None
-            else:
-                rounded = round_as_float64(expected, output_dtype(self.case, quantity_of(key)))
-                ref = np.where(np.isfinite(rounded), expected, rounded)
-                with np.errstate(all="ignore"):
-                    fin_o, fin_r = np.isfinite(o), np.isfinite(ref)
-                    mismatch = (fin_o != fin_r) | (~fin_o & ~fin_r & ~((np.isnan(o) & np.isnan(ref)) | (o == ref)))
-                    both = fin_o & fin_r
-                    err = np.where(both, np.abs(o - ref), 0.0)
-                self._cache[slot] = (expected, err, mismatch, both)
+            self._cache[slot] = None if o.shape != expected.shape else (
+                expected, elementwise_errors(o, expected, output_dtype(self.case, quantity_of(key))))
         got = self._cache[slot]
-        return None if got is None else got[1:]
+        return None if got is None else got[1]
 
     def ratio(self, key: str, expected: np.ndarray, bound: np.ndarray, free: np.ndarray | None = None) -> float:
         """max |error| / bound over the elements not `free` (inf for a shape or NaN/Inf-pattern mismatch)."""
-        got = self._get(key, expected)
-        if got is None:
+        e = self._get(key, expected)
+        if e is None:
             return np.inf
-        err, mismatch, both = got
         with np.errstate(all="ignore"):
-            r = np.where(both, err / bound, 0.0)
-        r = np.where(mismatch, np.inf, r)
+            r = e.err / bound if e.mismatch is None else np.where(e.mismatch, np.inf, np.where(e.both, e.err / bound, 0.0))
         if free is not None:
             r = np.where(free, 0.0, r)
-        return float(r.max(initial=0.0))
+        return float(np.asarray(r).max(initial=0.0))
 
 
 def _fit(case: Case, errors: _Errors, keys: list[str], values: Values, bounds: Values, base: Values, name: str) -> _Fit:
