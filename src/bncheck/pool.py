@@ -165,13 +165,11 @@ class WorkerHandle:
 
     def stop(self) -> None:
         """Ask the worker to exit, then make sure it has; a stopped handle starts no new process."""
-        self.closed = True
         proc = self.proc
-        if proc is not None and proc.poll() is None:
+        if self.ask_to_exit() and proc is not None:
             try:
-                protocol.send(proc.stdin, {"op": "exit"})  # type: ignore[arg-type]
                 proc.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
+            except subprocess.TimeoutExpired:
                 pass
         self.kill()
         self._close_stderr()
@@ -181,15 +179,18 @@ class WorkerHandle:
         if f is not None:
             f.close()
 
-    def ask_to_exit(self) -> None:
-        """Send the exit request without waiting (see stop_all); from now on the handle starts no new process."""
+    def ask_to_exit(self) -> bool:
+        """Send the exit request without waiting (see stop_all); True when it was sent to a live process.
+        From now on the handle starts no new process."""
         self.closed = True
         proc = self.proc
         if proc is not None and proc.poll() is None:
             try:
                 protocol.send(proc.stdin, {"op": "exit"})  # type: ignore[arg-type]
+                return True
             except OSError:
                 pass
+        return False
 
     def restart(self) -> None:
         """Start the worker, replacing a dead or hung one (counted as a restart)."""
