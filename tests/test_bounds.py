@@ -208,15 +208,20 @@ def record(label: str, text: str) -> None:
     print(f"{label}: {text}")
 
 
+def print_table(title: str, rows: dict[str, str]) -> None:
+    """Print collected label/text rows as an aligned table under a title (nothing when there are none)."""
+    if rows:
+        width = max(map(len, rows))
+        print(f"\n---- {title} ----")
+        for label, text in rows.items():
+            print(f"{label:<{width}}  {text}")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _ratio_table():
     """Print every collected ratio when the module finishes."""
     yield
-    if RATIOS:
-        width = max(map(len, RATIOS))
-        print("\n---- bound ratios (error / bound) ----")
-        for label, text in RATIOS.items():
-            print(f"{label:<{width}}  {text}")
+    print_table("bound ratios (error / bound)", RATIOS)
 
 
 def mk(shape: list[int], **kw: Any) -> Case:

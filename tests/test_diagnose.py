@@ -23,7 +23,7 @@ from bncheck.dtypes import round_as_float64
 from bncheck.inputs import Inputs
 from bncheck.reference import quantity_of
 from bncheck.targets.base import Conventions, flatten_channels
-from test_bounds import DECLARED, Kernel, _physical, emulate, mk, prepared
+from test_bounds import DECLARED, Kernel, _physical, emulate, mk, prepared, print_table
 
 FAMILY = "emulated.bn"
 BIASED = Conventions(momentum="new", running_var="biased")
@@ -43,11 +43,7 @@ Observe = Callable[[Case, Inputs], dict[str, np.ndarray]]
 def _diagnosis_table():
     """Print every collected diagnosis when the module finishes."""
     yield
-    if DIAGNOSES:
-        width = max(map(len, DIAGNOSES))
-        print("\n---- diagnoses (hypothesis, classification, residual, first) ----")
-        for label, text in DIAGNOSES.items():
-            print(f"{label:<{width}}  {text}")
+    print_table("diagnoses (hypothesis, classification, residual, first)", DIAGNOSES)
 
 
 def run_diagnosis(case: Case, observe: Kernel | Observe = Kernel(), conventions: Conventions = DECLARED,
