@@ -287,9 +287,10 @@ def stop_all(handles: list[WorkerHandle], grace: float = 0.5) -> None:
         w.ask_to_exit()
     deadline = time.monotonic() + grace
     for w in handles:
-        if w.proc is not None:
+        proc = w.proc  # read once: a lane thread may kill the worker (and clear it) meanwhile
+        if proc is not None:
             try:
-                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
     for w in handles:  # kill stragglers, reap, close the stderr files
