@@ -24,6 +24,11 @@ EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
 MAX_CAUSES_PRINTED = 20
 
 
+def _plural(n: int, noun: str) -> str:
+    """'1 finding', '3 findings'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 class Failure(click.ClickException):
     """A one-line error with a chosen exit status."""
 
@@ -320,7 +325,7 @@ def _run(sources: list[str], pattern: str | None, out: str, timeout: float, plug
         for g in causes[:MAX_CAUSES_PRINTED]:
             regimes = ", ".join(g["regimes"][:3]) + (f" +{len(g['regimes']) - 3} more" if len(g["regimes"]) > 3 else "")
             click.echo(f"  {g['classification']:<13} {g['target']:<26} {g['hypothesis']:<42} {','.join(g['quantities'])} "
-                       f"in {regimes} ({g['count']} executions, {len(g['findings'])} findings)")
+                       f"in {regimes} ({_plural(g['count'], 'execution')}, {_plural(len(g['findings']), 'finding')})")
         if len(causes) > MAX_CAUSES_PRINTED:
             click.echo(f"  ... {len(causes) - MAX_CAUSES_PRINTED} more in results.json and index.html")
     if status != "complete":
