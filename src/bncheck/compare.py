@@ -135,6 +135,92 @@ def judge(case: Case, key: str, observed: np.ndarray, expected: np.ndarray, boun
     )
 
 
+def _per_channel(case: Case, quantity: str, ratio: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Worst element ratio per channel of a flat segment (y and dx), or the segment itself (per-channel statistics)."""
+    if quantity not in ("y", "dx"):
+        return ratio
+    if case.layout == "channels_first":
+        return ratio.reshape(shape[0], shape[1], -1).max(axis=(0, 2), initial=0.0)
+    return ratio.reshape(-1, shape[-1]).max(axis=0, initial=0.0)
+
+
+class _Segment(NamedTuple):
+    """One quantity's place in a plan's flat arrays and what its verdict needs from the reference."""
+
+    key: str
+    quantity: str
+    start: int
+    stop: int
+    shape: tuple[int, ...]
+    expected_list: list[float]  # per-channel quantities with C <= MAX_CHANNEL_VALUES: the reference's values
+    dependent: bool  # the running-variance convention changes the reference: judged under each
+    others: tuple[tuple[str, np.ndarray, np.ndarray], ...]  # (convention, flat reference, flat bound) of the others
+
+
+@dataclass
+class _Plan:
+    """What a comparison needs from the case alone, flattened over every quantity of one convention's reference.
+
+    Quantities whose rounded reference is not all finite, or whose bound has an unexpected shape, have no
+    segment: judge() takes them one by one. `subsets` caches the gather indices of observed key sets.
+    """
+
+    declared: str  # the running-variance convention the target declares
+    segments: dict[str, _Segment]
+    expected: np.ndarray  # flat reference of the declared convention
+    bound: np.ndarray
+    rel_den: np.ndarray  # max(|reference|, tiny)
+    ulp_den: np.ndarray  # ulp of the output dtype at the reference
+    subsets: dict[tuple[str, ...], tuple[np.ndarray | None, np.ndarray, list[tuple[_Segment, int, int]]]] = field(
+        default_factory=dict)
+
+
+def _plan(case: Case, references: dict[str, Reference], bounds: dict[str, dict[str, np.ndarray]],
+          declared: str, dependent: frozenset[str]) -> _Plan:
+    """Flatten the reference, bounds and denominators of every quantity into one array each (see _Plan).
+
+    Quantities in the input dtype (y, dx) come first, then those in the parameter dtype, so that rounding and
+    ULPs take one NumPy call per dtype rather than per quantity.
+    """
+    ref = references[declared]
+    keys = sorted(ref.values, key=lambda k: quantity_of(k) not in ("y", "dx"))
+    flats, bnds, metas = [], [], []
+    offset = split = 0
+    for key in keys:
+        quantity = quantity_of(key)
+        expected = np.asarray(ref.values[key], dtype=np.float64)
+        convs = [c for c in RUNNING_VAR_CONVENTIONS if c != declared and c in references] if key in dependent else []
+        if expected.size == 0 or any(np.broadcast_shapes(np.shape(b), expected.shape) != expected.shape
+                                     for b in [bounds[declared][key], *(bounds[c][key] for c in convs)]):
+            continue
+        flat = expected.reshape(-1)
+        flats.append(flat)
+        bnds.append(np.broadcast_to(np.asarray(bounds[declared][key], dtype=np.float64), expected.shape).reshape(-1))
+        others = tuple((c, np.asarray(references[c].values[key], dtype=np.float64).reshape(-1),
+                        np.broadcast_to(np.asarray(bounds[c][key], dtype=np.float64), expected.shape).reshape(-1))
+                       for c in convs)
+        small = quantity not in ("y", "dx") and case.channels <= MAX_CHANNEL_VALUES
+        metas.append(_Segment(key, quantity, offset, offset + flat.size, expected.shape,
+                              flat.tolist() if small else [], key in dependent, others))
+        offset += flat.size
+        if quantity in ("y", "dx"):
+            split = offset
+    e = np.concatenate(flats) if flats else np.zeros(0)
+    with np.errstate(all="ignore"):
+        parts = [(slice(0, split), case.dtype), (slice(split, offset), case.param_dtype)]
+        finite = np.concatenate([np.isfinite(round_as_float64(e[sl], dt)) for sl, dt in parts])
+        ulp_den = np.concatenate([ulp(e[sl], dt) for sl, dt in parts])
+        rel_den = np.maximum(np.abs(e), _TINY)
+    starts = np.array([m.start for m in metas], dtype=np.intp)
+    seg_finite = np.logical_and.reduceat(finite, starts).tolist() if metas else []
+    segments = {}
+    for m, ok in zip(metas, seg_finite):
+        dt = output_dtype(case, m.quantity)
+        if ok and all(np.isfinite(round_as_float64(o, dt)).all() for _, o, _ in m.others):
+            segments[m.key] = m
+    return _Plan(declared, segments, e, np.concatenate(bnds) if bnds else np.zeros(0), rel_den, ulp_den)
+
+
 def compare(
     case: Case,
     observation: Observation,
@@ -142,6 +228,7 @@ def compare(
     bounds: dict[str, dict[str, np.ndarray]],
     conventions: Conventions,
     dependent: frozenset[str] | None = None,
+    plans: dict[Any, Any] | None = None,
 ) -> list[Verdict]:
     """Verdicts for every observed quantity the reference knows, under the target's declared conventions.
 
@@ -149,34 +236,97 @@ def compare(
     convention are also judged under the other one, and `matches` lists every convention that passes,
     so a target that follows another convention than it declares is named, not just flagged. `dependent`,
     when given, names those quantities (judging.Expected.dependent); otherwise the references are compared.
+
+    Quantities whose values are all finite are judged together on flat arrays (one NumPy call per step
+    for all of them, which matters for small cases); the rest, and every quantity of an unexpected shape,
+    by judge(), which defines the verdict. Both give identical verdicts. `plans`, when given, caches what
+    depends on the case alone (judging.Expected keeps one per case, shared by every target).
     """
     declared = conventions.running_var
     ref = references[declared]
-    verdicts = []
+    if dependent is None:
+        dependent = frozenset(
+            k for k in ref.values
+            if any(not np.array_equal(references[c].values[k], ref.values[k], equal_nan=True)
+                   for c in references if c != declared and k in references[c].values)
+        )
     phases = case.phases
-    for key in sorted(observation, key=lambda k: (phases.index(phase_of(k)) if phase_of(k) in phases else 99, k)):
-        if key not in ref.values:
-            continue
-        v = judge(case, key, observation[key], ref.values[key], bounds[declared][key])
-        if dependent is not None:
-            depends = key in dependent
-        else:
-            depends = any(
-                not np.array_equal(references[c].values[key], ref.values[key], equal_nan=True)
-                for c in references if c != declared and key in references[c].values
-            )
-        if depends:
-            v.convention = declared
-            for c in RUNNING_VAR_CONVENTIONS:
-                if c not in references:
-                    continue
-                passes = v.passed if c == declared else judge(case, key, observation[key], references[c].values[key], bounds[c][key]).passed
-                if passes:
-                    v.matches.append(c)
-            if not v.passed and v.matches:
-                v.note = (v.note + "; " if v.note else "") + f"matches the {'/'.join(v.matches)} running-variance convention instead of the declared {declared}"
+    keys = sorted((k for k in observation if k in ref.values),
+                  key=lambda k: (phases.index(phase_of(k)) if phase_of(k) in phases else 99, k))
+    plan = plans.get(declared) if plans is not None else None
+    if plan is None:
+        plan = _plan(case, references, bounds, declared, dependent)
+        if plans is not None:
+            plans[declared] = plan
+    bulk = _judge_bulk(case, observation, keys, plan)
+    verdicts = []
+    for key in keys:
+        v = bulk.get(key)
+        if v is None:
+            v = judge(case, key, observation[key], ref.values[key], bounds[declared][key])
+            if key in dependent:
+                v.convention = declared
+                v.matches = [c for c in RUNNING_VAR_CONVENTIONS if c in references and (
+                    v.passed if c == declared else
+                    judge(case, key, observation[key], references[c].values[key], bounds[c][key]).passed)]
+        if key in dependent and not v.passed and v.matches:
+            v.note = (v.note + "; " if v.note else "") + f"matches the {'/'.join(v.matches)} running-variance convention instead of the declared {declared}"
         verdicts.append(v)
     return verdicts
+
+
+def _judge_bulk(case: Case, observation: Observation, keys: list[str], plan: _Plan) -> dict[str, Verdict]:
+    """Verdicts of the plan's quantities whose observation is finite and of the reference's shape (see compare)."""
+    chosen = tuple(k for k in keys if k in plan.segments and np.shape(observation[k]) == plan.segments[k].shape)
+    if not chosen:
+        return {}
+    if chosen not in plan.subsets:  # gather indices into the plan's arrays (None: all of them, in order)
+        segs = [plan.segments[k] for k in chosen]
+        contiguous = all(x.stop == y.start for x, y in zip(segs, segs[1:]))
+        lo, hi = segs[0].start, segs[-1].stop
+        idx = None if contiguous and lo == 0 and hi == plan.expected.size else (
+            np.arange(lo, hi) if contiguous else np.concatenate([np.arange(x.start, x.stop) for x in segs]))
+        offs = np.cumsum([0, *(x.stop - x.start for x in segs)]).tolist()
+        spans = [(x, offs[i], offs[i + 1]) for i, x in enumerate(segs)]
+        plan.subsets[chosen] = (idx, np.array(offs[:-1], dtype=np.intp), spans)
+    idx, starts, spans = plan.subsets[chosen]
+    obs = np.concatenate([np.asarray(observation[x.key], dtype=np.float64).reshape(-1) for x, _, _ in spans])
+    if idx is None:
+        expected, bound, rel_den, ulp_den = plan.expected, plan.bound, plan.rel_den, plan.ulp_den
+    else:
+        expected, bound, rel_den, ulp_den = plan.expected[idx], plan.bound[idx], plan.rel_den[idx], plan.ulp_den[idx]
+    with np.errstate(all="ignore"):
+        finite = np.logical_and.reduceat(np.isfinite(obs), starts)
+        err = np.abs(obs - expected)
+        ratio = err / bound
+        max_abs = np.maximum.reduceat(err, starts).tolist()
+        max_rel = np.maximum.reduceat(err / rel_den, starts).tolist()
+        max_ulp = np.maximum.reduceat(err / ulp_den, starts).tolist()
+        out: dict[str, Verdict] = {}
+        for i, (s, a, b) in enumerate(spans):
+            if not finite[i]:
+                continue  # NaN or Inf observed: judge() handles the pattern
+            per_channel = _per_channel(case, s.quantity, ratio[a:b], s.shape)
+            deviating = per_channel > 1.0
+            channels = np.flatnonzero(deviating).tolist() if deviating.any() else []
+            small = bool(s.expected_list)
+            v = Verdict(
+                key=s.key, passed=not channels, ratio=float(per_channel.max(initial=0.0)), max_abs=max_abs[i],
+                max_rel=max_rel[i], max_ulp=max_ulp[i], nonfinite_mismatch=0, channels=channels[:MAX_CHANNELS_LISTED],
+                note=f"{len(channels)} of {case.channels} channels deviate" if channels else "",
+                channel_ratios=per_channel[:MAX_CHANNEL_VALUES].tolist(),
+                observed=obs[a:b].tolist() if small else [], expected=list(s.expected_list),
+            )
+            if s.dependent:
+                v.convention = plan.declared
+                v.matches = [plan.declared] if v.passed else []
+                for c, other_ref, other_bound in s.others:
+                    other = _per_channel(case, s.quantity, np.abs(obs[a:b] - other_ref) / other_bound, s.shape)
+                    if not (other > 1.0).any():
+                        v.matches.append(c)
+                v.matches.sort(key=RUNNING_VAR_CONVENTIONS.index)
+            out[s.key] = v
+    return out
 
 
 def missing_quantities(observation: Observation, reference: Reference, conventions: Conventions) -> list[str]:

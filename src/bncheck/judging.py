@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,7 @@ class Expected:
     references: dict[str, Reference]
     bounds: dict[str, dict[str, np.ndarray]]
     dependent: frozenset[str]  # keys whose reference value differs between the conventions
+    plans: dict[Any, Any] = field(default_factory=dict)  # compare()'s flattened reference per observed key set
 
 
 def expected_values(case: Case, inputs: Inputs) -> Expected:
@@ -44,7 +46,8 @@ def judge_execution(case: Case, inputs: Inputs, observation: Observation, conven
                     expected: Expected | None = None) -> tuple[list[Verdict], Diagnosis | None]:
     """Verdicts for every observed quantity and, when something deviates, the diagnosis."""
     expected = expected or expected_values(case, inputs)
-    verdicts = compare(case, observation, expected.references, expected.bounds, conventions, expected.dependent)
+    verdicts = compare(case, observation, expected.references, expected.bounds, conventions, expected.dependent,
+                       plans=expected.plans)
     if all(v.passed for v in verdicts):
         return verdicts, None
     return verdicts, diagnose(case, inputs, observation, expected.references, conventions, verdicts, family,
