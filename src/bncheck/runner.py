@@ -2,7 +2,10 @@
 
 Execution: a feeder thread walks the cases once, builds each case's inputs (once) and precomputes its
 reference while workers run; one lane thread per worker sends it (case, target) requests in case order;
-the main thread judges every outcome and commits it. A window bounds the cases in flight (count and bytes
+the main thread judges every outcome and records it. It commits as soon as no further outcome is waiting
+(so results are committed as they arrive), and otherwise every COMMIT_EVERY executions or COMMIT_SECONDS;
+an execution is reported to `on_result` only once committed, so a killed run has lost nothing it reported,
+and `--resume` redoes the rest. A window bounds the cases in flight (count and bytes
 of inputs), so the parent's memory does not grow with the number of cases. A target whose worker crashes
 or hangs BROKEN_AFTER times in a row is marked broken: its remaining cases are recorded as not run.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -34,6 +38,8 @@ BROKEN_AFTER = 3  # consecutive crashes or timeouts of one target before it is m
 TARGETS_PER_WORKER = 3  # a framework with more targets than this gets more workers (the four JAX paths get two)
 WINDOW_CASES = 32  # cases in flight at most ...
 WINDOW_BYTES = 256 << 20  # ... and bytes of their inputs (one case is always admitted)
+COMMIT_EVERY = 64  # judged executions per commit at most, when results arrive faster than they are judged ...
+COMMIT_SECONDS = 0.25  # ... or seconds between commits; with no result waiting, each one is committed at once
 DEFAULT_MEMORY_LIMIT = -1  # sentinel for `discover`: the default per-worker cap of pool.default_memory_limit()
 
 
@@ -440,6 +446,21 @@ def execute(
     for th in threads:
         th.start()
     received, total = 0, None
+    uncommitted: list[Result] = []  # recorded, not yet committed (nor reported)
+    last_commit = time.monotonic()
+
+    def commit() -> None:
+        """Commit what was recorded, then report it."""
+        nonlocal last_commit
+        store.commit()
+        last_commit = time.monotonic()
+        reports = uncommitted[:]
+        uncommitted.clear()
+        if on_result:
+            for r in reports:
+                on_result(r)
+
+    ok = False
     try:
         while total is None or received < total:
             kind, *rest = outbox.get()
@@ -466,17 +487,23 @@ def execute(
                 state.metrics_stored = True
                 metrics = {conv: ref.metrics for conv, ref in state._expected.references.items() if ref.metrics}
                 if metrics:
-                    store.add_case_metrics(run_id, state.case_id, metrics)
+                    store.add_case_metrics(run_id, state.case_id, metrics, commit=False)
             store.add_execution(run_id, state.case_id, target.name, status, message, tail,
-                                out.reply.get("elapsed", out.elapsed), state.digest, verdicts)
+                                out.reply.get("elapsed", out.elapsed), state.digest, verdicts, commit=False)
             state.owed -= 1
             if state.owed == 0:
                 with lock:
                     del states[idx]
                 window.release(state.nbytes)
-            if on_result:
-                on_result(Result(state.case, target, status, message, verdicts))
+            uncommitted.append(Result(state.case, target, status, message, verdicts))
+            if outbox.empty() or len(uncommitted) >= COMMIT_EVERY or time.monotonic() - last_commit >= COMMIT_SECONDS:
+                commit()
+        ok = True
     finally:
+        if ok:
+            commit()
+        else:  # interrupted: an execution may be half-recorded; what was not committed is redone by --resume
+            store.db.rollback()
         stop.set()
         with window.cond:  # unblock a feeder waiting for room
             window.max_items = window.max_bytes = 1 << 62

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -131,11 +132,11 @@ class Store:
         self.db.commit()
 
     def add_execution(self, run_id: str, case_id: str, target: str, status: str, message: str, stderr_tail: str,
-                      elapsed: float, inputs_digest: str, verdicts: list[dict[str, Any]]) -> None:
-        """Record one execution and its verdicts, committed at once."""
+                      elapsed: float, inputs_digest: str, verdicts: list[dict[str, Any]], commit: bool = True) -> None:
+        """Record one execution and its verdicts; committed at once unless `commit` is False (then by commit())."""
         deviations = sum(1 for v in verdicts if not v["passed"])
         worst = max((v["ratio_value"] for v in verdicts), default=None)
-        with self.db:
+        with self.db if commit else contextlib.nullcontext():
             self.db.execute("INSERT OR REPLACE INTO executions VALUES (?,?,?,?,?,?,?,?,?,?)",
                             (run_id, case_id, target, status, message, stderr_tail, elapsed, inputs_digest,
                              deviations, None if worst is None else _num(worst)))
@@ -144,10 +145,14 @@ class Store:
                 (run_id, case_id, target, v["key"], int(v["passed"]), _num(v["ratio_value"]),
                  json.dumps({k: x for k, x in v.items() if k != "ratio_value"})) for v in verdicts])
 
-    def add_case_metrics(self, run_id: str, case_id: str, metrics: dict[str, Any]) -> None:
-        """Record case-level measurements of the reference (per running-variance convention)."""
-        with self.db:
+    def add_case_metrics(self, run_id: str, case_id: str, metrics: dict[str, Any], commit: bool = True) -> None:
+        """Record case-level measurements of the reference (per running-variance convention); see add_execution."""
+        with self.db if commit else contextlib.nullcontext():
             self.db.execute("INSERT OR REPLACE INTO case_metrics VALUES (?,?,?)", (run_id, case_id, json.dumps(metrics)))
+
+    def commit(self) -> None:
+        """Commit what add_execution and add_case_metrics recorded with commit=False."""
+        self.db.commit()
 
     def case_metrics(self, run_id: str) -> dict[str, dict[str, Any]]:
         """case_id -> metrics of a run."""
