@@ -344,3 +344,42 @@ def test_parent_memory_is_flat_in_the_number_of_cases(tmp_path):
     early = max(rss for n, rss in samples if 400 <= n <= 600)
     late = max(rss for n, rss in samples if 1800 <= n < 2000)  # still executing (the report is built from the store after)
     assert late - early < 30 * 1024, (early, late)  # KiB
+
+
+# ---- commits ------------------------------------------------------------------------------------
+_COMMITTED_BEFORE_REPORTED = r'''
+import sqlite3, sys
+from pathlib import Path
+from bncheck import targets as registry
+from bncheck.cases import load_cases
+from bncheck.runner import discover, execute
+from bncheck.store import Store
+
+registry.load_plugin("faulty_bn_targets")
+db = Path(sys.argv[1]) / "s.sqlite"
+store = Store(db)
+run_id = store.begin_run("t", ["smoke"], {})
+reader = sqlite3.connect(db)  # a second connection sees committed rows only
+seen = []
+
+def on_result(r):
+    n = reader.execute("SELECT count(*) FROM executions WHERE run_id=? AND case_id=? AND target=?",
+                       (run_id, r.case.case_id, r.target.name)).fetchone()[0]
+    seen.append(n)
+
+d = discover("faultybn.correct*", plugins=["faulty_bn_targets"])
+try:
+    ran = execute(store, run_id, load_cases(["smoke", "default"]), d, timeout=120, on_result=on_result)
+finally:
+    d.close()
+print(ran, len(seen), sum(seen))
+'''
+
+
+def test_an_execution_is_reported_only_once_it_is_committed(tmp_path):
+    """runner.execute commits in groups when results queue up; on_result must never see an uncommitted one."""
+    r = subprocess.run([sys.executable, "-c", _COMMITTED_BEFORE_REPORTED, str(tmp_path)], capture_output=True,
+                       text=True, cwd=ROOT, env=_env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ran, reported, committed = map(int, r.stdout.split())
+    assert ran == reported == committed == 2 * 107  # two targets x (12 smoke + 95 default cases), each committed
