@@ -33,7 +33,8 @@ def expected_values(case: Case, inputs: Inputs) -> Expected:
     if not convention_matters(case):
         shared = compute_bounds(case, inputs, refs[names[0]])
         return Expected(refs, {c: shared for c in names}, frozenset())
-    bounds = {c: compute_bounds(case, inputs, r) for c, r in refs.items()}
+    first_bounds = compute_bounds(case, inputs, refs[names[0]])
+    bounds = {c: first_bounds if c == names[0] else compute_bounds(case, inputs, r, reuse=first_bounds) for c, r in refs.items()}
     first, *others = (refs[c].values for c in names)
     dependent = frozenset(
         k for k, v in first.items()

@@ -49,7 +49,8 @@ def _invstd_interval(v: np.ndarray, e_v: np.ndarray, eps: float, s: np.ndarray, 
 
 
 def compute_bounds(case: Case, inputs: Inputs, ref: Reference, *, accumulation: str | None = None,
-                   output: str | None = None, variance: str = "two-pass") -> dict[str, np.ndarray]:
+                   output: str | None = None, variance: str = "two-pass",
+                   reuse: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Absolute error bound for every reference quantity, broadcastable to its values.
 
     The defaults describe a correct kernel. The keywords describe a weaker one, for diagnosis:
@@ -60,6 +61,10 @@ def compute_bounds(case: Case, inputs: Inputs, ref: Reference, *, accumulation: 
     interval through 1/sqrt(v + eps) exactly instead of to first order. Where v + eps can reach 0 the
     kernel may return anything from 1/sqrt(eps) to NaN: the bound is +inf there, meaning "unconstrained"
     (nothing follows from the hypothesis for those elements), not "any error is explained".
+
+    `reuse`: the bounds of the same case and model under the other running-variance convention. Phases
+    normalised with batch statistics do not depend on that convention, so their bounds are taken from it
+    but for the running statistics (judging.expected_values: the result is identical, in less time).
     """
     ua = unit_roundoff(accumulation or accumulation_dtype(case.dtype))
     ui = unit_roundoff(output or case.dtype)
@@ -74,7 +79,6 @@ def compute_bounds(case: Case, inputs: Inputs, ref: Reference, *, accumulation: 
             st = ref.stats[phase]
             n = st.n
             g = gamma_k(n, ua)
-            X = _rows(case, inputs[f"{phase}.x"], np.float64)
             ag, ab = np.abs(st.gamma), np.abs(st.beta)
             # batch mean and (biased) variance, two-pass in the accumulation precision
             e_mean = g * st.abs_mean + ua * np.abs(st.mean)
@@ -82,7 +86,12 @@ def compute_bounds(case: Case, inputs: Inputs, ref: Reference, *, accumulation: 
                 e_var = (g + 3 * ua) * (st.var + st.mean**2) + 2 * np.abs(st.mean) * e_mean + e_mean**2
             else:
                 e_var = (g + 3 * ua) * st.var + 2 * e_mean**2
-            if st.batch_stats:
+            shared = st.batch_stats and reuse is not None
+            if shared:  # all but the running statistics as under the other convention
+                prefix = f"{phase}."
+                bounds.update({k: v for k, v in reuse.items() if k.startswith(prefix)
+                               and quantity_of(k) not in ("running_mean", "running_var")})
+            elif st.batch_stats:
                 s, centre = st.invstd, st.mean
                 if one_pass:
                     e_s = _invstd_interval(st.var, e_var, case.eps, s, ua)
@@ -105,18 +114,20 @@ def compute_bounds(case: Case, inputs: Inputs, ref: Reference, *, accumulation: 
                     e_s = _invstd_interval(rv, err_rv, case.eps, s, ua)
                 else:
                     e_s = s * (0.5 * (err_rv + ua * (np.abs(rv) + case.eps)) / np.abs(rv + case.eps) + 2 * ua)
-            d = np.abs(X - centre)
-            xhat = d * s
-            y = np.abs(st.gamma * (X - centre) * s + st.beta)
-            # the centre's and the element-wise rounding errors are scaled by the computed invstd, at most s + e_s;
-            # the two-pass model keeps the first-order s (e_s << s there)
-            s_up = s + e_s if one_pass else s
-            r = s_up / s if one_pass else 1.0  # how much larger the computed invstd may be than the exact one
-            e_xhat = s_up * (e_centre + 4 * ua * (np.abs(X) + np.abs(centre))) + d * e_s
-            # y = a*x + b with a = gamma*s and b = beta - centre*a formed in the parameter dtype (or wider)
-            uc = max(ua, up)
-            e_y = ag * e_xhat + 2 * uc * (ag * xhat + ab + ag * s * np.abs(centre)) + ui * y
-            bounds[f"{phase}.y"] = _physical(case, e_y)
+            if not shared:
+                X = _rows(case, inputs[f"{phase}.x"], np.float64)
+                d = np.abs(X - centre)
+                xhat = d * s
+                y = np.abs(st.gamma * (X - centre) * s + st.beta)
+                # the centre's and the element-wise rounding errors are scaled by the computed invstd, at most s + e_s;
+                # the two-pass model keeps the first-order s (e_s << s there)
+                s_up = s + e_s if one_pass else s
+                r = s_up / s if one_pass else 1.0  # how much larger the computed invstd may be than the exact one
+                e_xhat = s_up * (e_centre + 4 * ua * (np.abs(X) + np.abs(centre))) + d * e_s
+                # y = a*x + b with a = gamma*s and b = beta - centre*a formed in the parameter dtype (or wider)
+                uc = max(ua, up)
+                e_y = ag * e_xhat + 2 * uc * (ag * xhat + ab + ag * s * np.abs(centre)) + ui * y
+                bounds[f"{phase}.y"] = _physical(case, e_y)
             if phase != "eval" and case.track_running_stats:
                 rm_in, rv_in = st.running_mean_in, st.running_var_in
                 bessel = n / (n - 1) if (ref.running_var == "unbiased" and n > 1) else 1.0
@@ -127,7 +138,7 @@ def compute_bounds(case: Case, inputs: Inputs, ref: Reference, *, accumulation: 
                 bounds[f"{phase}.running_var"] = err_rv + up * np.abs(new_rv)
                 err_rm = bounds[f"{phase}.running_mean"]
                 err_rv = bounds[f"{phase}.running_var"]
-            if case.grad:
+            if case.grad and not shared:
                 dY = np.abs(_rows(case, inputs[f"{phase}.dy"], np.float64))
                 sum_dy = st.extras["abs_dy_mean"] * n
                 e_dbeta = gamma_k(n, ua) * sum_dy
