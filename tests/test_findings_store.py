@@ -4,6 +4,7 @@ targets in results.json."""
 from __future__ import annotations
 
 import json
+import shlex
 import sqlite3
 from pathlib import Path
 
@@ -167,10 +168,14 @@ def test_shrunk_finding_is_stored_written_as_a_case_file_and_replays(tmp_path, c
     assert list(out.glob("findings/*.html")), "the HTML pages still sit beside the case folders"
     page = (out / "findings" / f"{f['signature']}.html").read_text()  # the finding's page links the case file
     assert f'href="../{f["case_file"]}"' in page and f"bncheck replay {small} --target {TARGET}" in page
+    assert "--plugin faulty_plugin" in page  # the target comes from a plugin: the command must load it
 
-    for where in (("--cases", str(case_file)), ("--out", str(out))):  # from the case file; from the store
-        rep = cli("replay", small, "--target", TARGET, "--plugin", "faulty_plugin", *where)
-        assert rep.returncode == 1, (where, rep.stderr)  # 1: the quantity still deviates
+    # the command written in case.json, exactly as written (it names the plugin); then from the store
+    written = shlex.split(body["finding"]["replay"])
+    assert written[:2] == ["bncheck", "replay"] and written[-2:] == ["--plugin", "faulty_plugin"], written
+    for args in (written[1:], ["replay", small, "--target", TARGET, "--plugin", "faulty_plugin", "--out", str(out)]):
+        rep = cli(*args)
+        assert rep.returncode == 1, (args, rep.stderr)  # 1: the quantity still deviates
         assert small in rep.stdout and "train0.y" in rep.stdout
 
     again = tmp_path / "again"

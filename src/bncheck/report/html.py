@@ -22,7 +22,7 @@ from typing import Any
 import jinja2
 
 from . import svg
-from .results import root_causes, write_atomic
+from .results import plugin_args, root_causes, write_atomic
 
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("bncheck", "report/templates"),
@@ -438,9 +438,10 @@ def _finding_context(doc: dict[str, Any], f: dict[str, Any], out_dir: Path | Non
         "worst_json": json.dumps(canon(case_d), separators=(", ", ": ")) if case_d else None,
         "repro_text": repro_text, "repro_size": repro_size,
         "repro_href": f"../{f['repro']}" if f.get("repro") else None,
-        "replay": f"bncheck replay {w['case_id']} --target {f['target']} --out {shlex.quote(_replay_out(doc['run'].get('command', '')))}",
+        "replay": f"bncheck replay {w['case_id']} --target {f['target']} --out {shlex.quote(_replay_out(doc['run'].get('command', '')))}"
+                  + plugin_args(doc),
         "replay_minimal": f"bncheck replay {f.get('minimal_case') or w['case_id']} --target {f['target']} "
-                          f"--out {shlex.quote(_replay_out(doc['run'].get('command', '')))}",
+                          f"--out {shlex.quote(_replay_out(doc['run'].get('command', '')))}" + plugin_args(doc),
         "case_list": [(cid, doc["cases"].get(cid, {}).get("description", cid)) for cid in f["cases"][:MAX_CASES_LISTED]],
         "target_info": tinfo, "conventions_json": json.dumps((tinfo or {}).get("conventions", {}), indent=1),
         "frameworks": _frameworks(manifest), "host": _host(manifest),

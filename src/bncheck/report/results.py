@@ -122,7 +122,7 @@ def root_causes(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def build_results(store: Store, run_id: str) -> dict[str, Any]:
     """The whole results document of one run."""
-    run = store.run(run_id)
+    run = {**store.run(run_id), "plugins": list(store.run_options(run_id).get("plugins", []))}
     executions = list(store.executions(run_id))
     conv = observed_conventions(executions)
     broken = store.broken_targets(run_id)  # target -> why its remaining cases were not run
@@ -198,6 +198,11 @@ def finding_case_file(signature: str) -> str:
     return f"{FINDINGS_DIR}/{re.sub(r'[^A-Za-z0-9_.-]', '_', str(signature))}/{CASE_FILE}"
 
 
+def plugin_args(doc: dict[str, Any]) -> str:
+    """' --plugin MODULE' for each plugin the run loaded: a replay command needs them to find plugin targets."""
+    return "".join(f" --plugin {shlex.quote(m)}" for m in doc["run"].get("plugins", []))
+
+
 def write_finding_cases(doc: dict[str, Any], out_dir: Path) -> int:
     """Write each finding's minimal case to findings/<signature>/case.json, atomically, and record the path in the
     finding (`case_file`); case files of findings no longer in the document go. Returns how many were written.
@@ -213,7 +218,8 @@ def write_finding_cases(doc: dict[str, Any], out_dir: Path) -> int:
         rel = finding_case_file(f["signature"])
         path = out_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        replay = f"bncheck replay {cid} --target {shlex.quote(f['target'])} --cases {shlex.quote(str(path))}"
+        replay = (f"bncheck replay {cid} --target {shlex.quote(f['target'])} --cases {shlex.quote(str(path))}"
+                  + plugin_args(doc))
         body = {"finding": {"signature": f["signature"], "target": f["target"], "quantity": f["quantity"],
                             "hypothesis": f["hypothesis"], "classification": f["classification"], "regime": f["regime"],
                             "case_id": cid, "from_case": (f.get("shrink") or {}).get("from_case", cid),
