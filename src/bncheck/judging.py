@@ -23,7 +23,7 @@ class Expected:
     references: dict[str, Reference]
     bounds: dict[str, dict[str, np.ndarray]]
     dependent: frozenset[str]  # keys whose reference value differs between the conventions
-    plans: dict[Any, Any] = field(default_factory=dict)  # compare()'s flattened reference per observed key set
+    plans: dict[Any, Any] = field(default_factory=dict)  # compare()'s flattened reference, per declared convention
 
 
 def expected_values(case: Case, inputs: Inputs) -> Expected:
@@ -34,7 +34,8 @@ def expected_values(case: Case, inputs: Inputs) -> Expected:
         shared = compute_bounds(case, inputs, refs[names[0]])
         return Expected(refs, {c: shared for c in names}, frozenset())
     first_bounds = compute_bounds(case, inputs, refs[names[0]])
-    bounds = {c: first_bounds if c == names[0] else compute_bounds(case, inputs, r, reuse=first_bounds) for c, r in refs.items()}
+    bounds = {c: first_bounds if c == names[0] else compute_bounds(case, inputs, r, reuse=first_bounds)
+              for c, r in refs.items()}
     first, *others = (refs[c].values for c in names)
     dependent = frozenset(
         k for k, v in first.items()

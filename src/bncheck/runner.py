@@ -2,14 +2,16 @@
 
 Execution: a feeder thread walks the cases once and builds each case's inputs (once); one lane thread per
 worker sends it (case, target) requests in case order; the main thread judges every outcome, computing a
-case's reference when its first outcome arrives (once: every target shares it), and records it. (Computing
-the reference in the feeder, ahead of the outcomes, was measured to cost the parent about 15 % more CPU
-on a single fast target and to gain nothing on the default audit: the threads share one interpreter lock.) It commits as soon as no further outcome is waiting
-(so results are committed as they arrive), and otherwise every COMMIT_EVERY executions or COMMIT_SECONDS;
-an execution is reported to `on_result` only once committed, so a killed run has lost nothing it reported,
-and `--resume` redoes the rest. A window bounds the cases in flight (count and bytes
-of inputs), so the parent's memory does not grow with the number of cases. A target whose worker crashes
-or hangs BROKEN_AFTER times in a row is marked broken: its remaining cases are recorded as not run.
+case's reference when its first outcome arrives (once: every target shares it), and records it. Computing
+the reference in the feeder, ahead of the outcomes, was measured to cost the parent about 15 % more CPU on
+a single fast target and to gain nothing on the default audit: the threads share one interpreter lock.
+
+The main thread commits as soon as no further outcome is waiting (so results are committed as they
+arrive), and otherwise every COMMIT_EVERY executions or COMMIT_SECONDS. An execution is reported to
+`on_result` only once committed, so a killed run has lost nothing it reported, and `--resume` redoes the
+rest. A window bounds the cases in flight (count and bytes of inputs), so the parent's memory does not grow
+with the number of cases. A target whose worker crashes or hangs BROKEN_AFTER times in a row is marked
+broken: its remaining cases are recorded as not run.
 """
 
 from __future__ import annotations
