@@ -111,6 +111,11 @@ def test_run_smoke_writes_real_results(tmp_path, cli):
     doc = json.loads((out / "results.json").read_text())
     assert doc["schema"] == "bncheck.results" and doc["schema_version"] == 1
     assert doc["run"]["status"] == "complete" and doc["run"]["manifest"]["frameworks"]["torch"]["version"]
+    # where the time went: the phases in order, each non-negative, adding up to the total
+    timings = doc["run"]["timings_s"]
+    assert list(timings) == ["starting frameworks", "executing", "reports", "shrinking", "total"], timings
+    assert min(timings.values()) >= 0 and abs(sum(timings.values()) - 2 * timings["total"]) < 1e-3
+    assert "bncheck: times: starting frameworks" in r.stderr and "writing reports" in r.stderr
     targets = {t["name"]: t for t in doc["targets"]}
     assert targets["torch.nn@cpu"]["observed"]["running_var"]["follows"] == "unbiased"
     assert targets["torch.functional@cpu"]["observed"]["running_var"]["follows"] == "unbiased"

@@ -177,6 +177,26 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise _Interrupted()
 
 
+class _PhaseClock:
+    """Wall time of a command's phases, in order: lap(name) closes the phase that began at the previous lap."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        """The phase `name` ends now."""
+        now = time.perf_counter()
+        self.phases[name] = self.phases.get(name, 0.0) + now - self.last
+        self.last = now
+
+    def laps(self, until_now: str | None = None) -> dict[str, float]:
+        """Every phase in seconds (rounded to 0.1 ms), `until_now` (when given) ending now, and the total."""
+        if until_now:
+            self.lap(until_now)
+        return {**{k: round(v, 4) for k, v in self.phases.items()}, "total": round(self.last - self.start, 4)}
+
+
 def _run(sources: list[str], pattern: str | None, out: str, timeout: float, plugins: tuple[str, ...], shrink: int = 12,
          memory_limit: float | None = None, resume: str | None = None, given: frozenset[str] = frozenset(),
          shrink_time: float = 90.0) -> int:
@@ -195,6 +215,7 @@ def _run(sources: list[str], pattern: str | None, out: str, timeout: float, plug
     store: Store | None = None
     run_id = ""
     interrupted = 0  # 128 + the signal that ended the run early
+    clock = _PhaseClock()
     if resume:
         store, run_id = _resume_plan(out, resume)
         opts = store.run_options(run_id)
@@ -229,6 +250,7 @@ def _run(sources: list[str], pattern: str | None, out: str, timeout: float, plug
         raise
     limit = memory_limit_bytes(memory_limit)
     discovery = discover(pattern, list(plugins), memory_limit=limit)
+    clock.lap("starting frameworks")
     previous = None
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -288,22 +310,29 @@ def _run(sources: list[str], pattern: str | None, out: str, timeout: float, plug
             except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: what is stored stays, the reports say 'interrupted'
                 interrupted = 128 + (signal.SIGTERM if isinstance(e, _Interrupted) else signal.SIGINT)
                 click.echo(f"\nbncheck: interrupted; {len(store.execution_statuses(run_id))} executions are stored", err=True)
+            clock.lap("executing")
             complete = pending_pairs(cases, discovery.runnable, {(c, t) for c, t, _ in store.execution_statuses(run_id)}) == 0
             status = "complete" if not interrupted and complete and (not resume or set(pattern.split(",")) <= {t.name for t in discovery.runnable}) else "interrupted"
         finally:
             store.finish_run(run_id, status)
             broken = store.broken_targets(run_id)
             doc = build_results(store, run_id)
+            clock.lap("reports")
             by_name = {t.name: t for t in discovery.runnable}
             if shrink and status == "complete" and doc["findings"]:
                 click.echo(f"bncheck: shrinking {min(len(doc['findings']), 50)} findings (budget {shrink} executions each)", err=True)
                 shrink_in_parallel(doc, discovery, timeout, budget=shrink, seconds=shrink_time)
+                clock.lap("shrinking")
             write_finding_repros(doc, out_dir, by_name)
             finalise_findings(store, run_id, doc, out_dir)  # case files, the store's findings table
+            # this invocation's phases (a resumed run's: the resuming one's), up to writing the report files
+            doc["run"]["timings_s"] = clock.laps(until_now="reports")
             write_results(doc, out_dir / "results.json")
             write_html(doc, out_dir / "index.html")
             write_junit(doc, out_dir / "results.xml")
             store.close()
+            clock.lap("writing reports")
+            click.echo("bncheck: times: " + ", ".join(f"{k} {v:.1f} s" for k, v in clock.laps().items()), err=True)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
