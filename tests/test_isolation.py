@@ -55,3 +55,17 @@ def test_entry_point_targets_are_discovered(tmp_path, cli):
     cases = write_jsonl(tmp_path / "c.jsonl", [{"shape": [4, 3, 2]}])
     r = cli("run", str(cases), "--targets", "faulty.*", "--out", str(tmp_path / "o"), env=env)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_frameworks_are_probed_at_the_same_time(tmp_path, cli):
+    """Discovery imports every framework at once: two probes that each wait for the other must both answer.
+
+    (Probed one after another, as they once were, the imports took the sum of their times; the first of
+    these two probes would wait for the second in vain, fail, and leave its target unavailable.)
+    """
+    r = cli("backends", "--plugin", "rendezvous_plugin", "--json", env={"BNCHECK_RENDEZVOUS": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    rows = {row["name"]: row for row in json.loads(r.stdout)["targets"]}
+    for name in ("rendezvous.a@cpu", "rendezvous.b@cpu"):
+        assert rows[name]["available"], rows[name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]

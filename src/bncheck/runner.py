@@ -93,13 +93,14 @@ def discover(pattern: str | None = None, plugins: list[str] | None = None, keep_
         except registry.RegistryError as e:
             d.rows.append({"name": f"{name}@cpu", "family": name, "framework": "?", "device": "cpu", "available": False,
                            "version": "", "reason": str(e), "info": {"description": "", "conventions": {}}})
-    probes: dict[str, tuple[WorkerHandle, Any]] = {}
-    for fw_name in sorted({c.framework for c in fams}):  # start every worker first: the imports run in parallel
+    probes: dict[str, tuple[WorkerHandle, Outcome]] = {}
+    for fw_name in sorted({c.framework for c in fams}):  # start every worker, then probe them all at once
         fw = registry.frameworks().get(fw_name)
         if fw is not None and registry.framework_status(fw)[0]:
             w = WorkerHandle(fw_name, plugins, dict(fw.env), memory_limit)
             w.start()
-            probes[fw_name] = (w, None)
+            probes[fw_name] = (w, Outcome("crash", {}, "the probe did not return"))
+    _probe_all(probes)
     for fw_name in sorted({c.framework for c in fams}):
         fw = registry.frameworks().get(fw_name)
         members = [c for c in fams if c.framework == fw_name]
@@ -110,8 +111,7 @@ def discover(pattern: str | None = None, plugins: list[str] | None = None, keep_
         installed, version, reason = registry.framework_status(fw)
         info: dict[str, Any] = {"installed": installed, "version": version, "reason": reason}
         if installed:
-            w = probes[fw_name][0]
-            out = w.request({"op": "probe"}, timeout=PROBE_TIMEOUT)
+            w, out = probes[fw_name]
             if out.status == "ok":
                 probe = out.reply["probe"]
                 info.update(version=probe.get("version", version), devices=probe.get("devices", ["cpu"]),
@@ -142,6 +142,27 @@ def discover(pattern: str | None = None, plugins: list[str] | None = None, keep_
                 d.rows.append(_row(t, True, info["version"], ""))
                 d.runnable.append(t)
     return d
+
+
+def _probe_all(probes: dict[str, tuple[WorkerHandle, Outcome]]) -> None:
+    """Send every worker its probe at once, one thread each, and store the outcomes in `probes`.
+
+    A probe imports the framework: one after another, the imports took the sum of their times (15 s for the six
+    worker groups on 2 cores); at once, they share both cores.
+    """
+    def probe(name: str, w: WorkerHandle) -> None:
+        """One worker's probe."""
+        try:
+            probes[name] = (w, w.request({"op": "probe"}, timeout=PROBE_TIMEOUT))
+        except Exception as e:  # the worker could not even be (re)started
+            probes[name] = (w, Outcome("crash", {}, f"worker unavailable: {type(e).__name__}: {e}"))
+
+    threads = [threading.Thread(target=probe, args=(name, w), daemon=True, name=f"bncheck-probe-{name}")
+               for name, (w, _) in list(probes.items())]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
 
 
 def _row(t: Target, available: bool, version: str, reason: str) -> dict[str, Any]:
