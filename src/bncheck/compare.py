@@ -10,7 +10,7 @@ import numpy as np
 from .cases import Case
 from .dtypes import round_as_float64, ulp
 from .reference import RUNNING_VAR_CONVENTIONS, Reference, phase_of, quantity_of
-from .targets.base import Conventions, Observation, flatten_channels
+from .targets.base import Conventions, Observation
 from .tolerance import output_dtype
 
 MAX_CHANNELS_LISTED = 16
@@ -97,6 +97,15 @@ def elementwise_errors(observed: np.ndarray, expected: np.ndarray, dtype: str) -
         return ElementErrors(err, mismatch, both, np.where(both, ref, 1.0))
 
 
+def _per_channel(case: Case, quantity: str, ratio: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Worst element ratio per channel of a flat segment (y and dx), or the segment itself (per-channel statistics)."""
+    if quantity not in ("y", "dx"):
+        return ratio
+    if case.layout == "channels_first":
+        return ratio.reshape(shape[0], shape[1], -1).max(axis=(0, 2), initial=0.0)
+    return ratio.reshape(-1, shape[-1]).max(axis=0, initial=0.0)
+
+
 def judge(case: Case, key: str, observed: np.ndarray, expected: np.ndarray, bound: np.ndarray) -> Verdict:
     """Verdict for one quantity: the reference is rounded to the quantity's output dtype before comparing."""
     quantity = quantity_of(key)
@@ -117,11 +126,10 @@ def judge(case: Case, key: str, observed: np.ndarray, expected: np.ndarray, boun
     err = e.err
     if ratio_el.shape != obs.shape:
         ratio_el = np.broadcast_to(ratio_el, obs.shape)
+    per_channel = _per_channel(case, quantity, ratio_el.reshape(-1), obs.shape)
     if quantity in ("y", "dx"):
-        per_channel = flatten_channels(case, ratio_el).max(axis=0, initial=0.0)
         observed_values = expected_values = []
     else:
-        per_channel = ratio_el.reshape(-1)
         small = case.channels <= MAX_CHANNEL_VALUES
         observed_values = obs.reshape(-1).tolist() if small else []
         expected_values = np.asarray(expected, dtype=np.float64).reshape(-1).tolist() if small else []
@@ -133,15 +141,6 @@ def judge(case: Case, key: str, observed: np.ndarray, expected: np.ndarray, boun
         note=note, channel_ratios=per_channel[:MAX_CHANNEL_VALUES].tolist(), observed=observed_values,
         expected=expected_values,
     )
-
-
-def _per_channel(case: Case, quantity: str, ratio: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Worst element ratio per channel of a flat segment (y and dx), or the segment itself (per-channel statistics)."""
-    if quantity not in ("y", "dx"):
-        return ratio
-    if case.layout == "channels_first":
-        return ratio.reshape(shape[0], shape[1], -1).max(axis=(0, 2), initial=0.0)
-    return ratio.reshape(-1, shape[-1]).max(axis=0, initial=0.0)
 
 
 class _Segment(NamedTuple):

@@ -93,14 +93,13 @@ def discover(pattern: str | None = None, plugins: list[str] | None = None, keep_
         except registry.RegistryError as e:
             d.rows.append({"name": f"{name}@cpu", "family": name, "framework": "?", "device": "cpu", "available": False,
                            "version": "", "reason": str(e), "info": {"description": "", "conventions": {}}})
-    probes: dict[str, tuple[WorkerHandle, Outcome]] = {}
+    started: dict[str, WorkerHandle] = {}
     for fw_name in sorted({c.framework for c in fams}):  # start every worker, then probe them all at once
         fw = registry.frameworks().get(fw_name)
         if fw is not None and registry.framework_status(fw)[0]:
-            w = WorkerHandle(fw_name, plugins, dict(fw.env), memory_limit)
+            started[fw_name] = w = WorkerHandle(fw_name, plugins, dict(fw.env), memory_limit)
             w.start()
-            probes[fw_name] = (w, Outcome("crash", {}, "the probe did not return"))
-    _probe_all(probes)
+    probes = _probe_all(started)
     for fw_name in sorted({c.framework for c in fams}):
         fw = registry.frameworks().get(fw_name)
         members = [c for c in fams if c.framework == fw_name]
@@ -111,7 +110,7 @@ def discover(pattern: str | None = None, plugins: list[str] | None = None, keep_
         installed, version, reason = registry.framework_status(fw)
         info: dict[str, Any] = {"installed": installed, "version": version, "reason": reason}
         if installed:
-            w, out = probes[fw_name]
+            w, out = started[fw_name], probes[fw_name]
             if out.status == "ok":
                 probe = out.reply["probe"]
                 info.update(version=probe.get("version", version), devices=probe.get("devices", ["cpu"]),
@@ -144,25 +143,28 @@ def discover(pattern: str | None = None, plugins: list[str] | None = None, keep_
     return d
 
 
-def _probe_all(probes: dict[str, tuple[WorkerHandle, Outcome]]) -> None:
-    """Send every worker its probe at once, one thread each, and store the outcomes in `probes`.
+def _probe_all(workers: dict[str, WorkerHandle]) -> dict[str, Outcome]:
+    """Send every worker its probe at once, one thread each; the outcome per worker name.
 
     A probe imports the framework: one after another, the imports took the sum of their times (15 s for the six
     worker groups on 2 cores); at once, they share both cores.
     """
+    outcomes: dict[str, Outcome] = {}
+
     def probe(name: str, w: WorkerHandle) -> None:
         """One worker's probe."""
         try:
-            probes[name] = (w, w.request({"op": "probe"}, timeout=PROBE_TIMEOUT))
+            outcomes[name] = w.request({"op": "probe"}, timeout=PROBE_TIMEOUT)
         except Exception as e:  # the worker could not even be (re)started
-            probes[name] = (w, Outcome("crash", {}, f"worker unavailable: {type(e).__name__}: {e}"))
+            outcomes[name] = Outcome("crash", {}, f"worker unavailable: {type(e).__name__}: {e}")
 
-    threads = [threading.Thread(target=probe, args=(name, w), daemon=True, name=f"bncheck-probe-{name}")
-               for name, (w, _) in list(probes.items())]
+    threads = [threading.Thread(target=probe, args=item, daemon=True, name=f"bncheck-probe-{item[0]}")
+               for item in workers.items()]
     for th in threads:
         th.start()
     for th in threads:
         th.join()
+    return outcomes
 
 
 def _row(t: Target, available: bool, version: str, reason: str) -> dict[str, Any]:
@@ -203,19 +205,18 @@ class _CaseState:
         self.metrics_stored = False
         self._expected: Expected | None = None
         self._error: BaseException | None = None
-        self._lock = threading.Lock()
 
     def expected(self) -> Expected:
-        """References and bounds under each running-variance convention (computed once, when first asked for)."""
-        with self._lock:
-            if self._error is not None:
-                raise self._error
-            if self._expected is None:
-                try:
-                    self._expected = expected_values(self.case, self.inputs)
-                except Exception as e:
-                    self._error = e
-                    raise
+        """References and bounds under each running-variance convention (computed once, when first asked for, by
+        the main thread that judges; a failure is raised again for every target)."""
+        if self._error is not None:
+            raise self._error
+        if self._expected is None:
+            try:
+                self._expected = expected_values(self.case, self.inputs)
+            except Exception as e:
+                self._error = e
+                raise
         return self._expected
 
 
