@@ -400,3 +400,32 @@ def test_diagnosis_is_the_same_without_the_callers_bounds(case: Case, observe: K
     without = diagnose(case, inputs, obs, refs, conventions, verdicts, FAMILY)
     assert with_bounds is not None and without is not None
     assert with_bounds.to_dict() == without.to_dict()
+
+
+# ---- 8. a case's hypotheses are evaluated once, for every target that deviates on it -------------------------------
+@pytest.mark.parametrize("case,observe,conventions,drop", [pytest.param(*p.values[:4], id=p.id) for p in FAULTS])
+def test_a_shared_memo_changes_no_diagnosis(case: Case, observe: Kernel | Observe, conventions: Conventions,
+                                            drop: tuple[str, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    """diagnose(memo=...) as judging shares it between a case's targets: other targets (other running-variance and
+    momentum conventions, another record) diagnosed first leave the diagnosis as it is without a memo, and a
+    second target with the same conventions computes no reference or bound again."""
+    import bncheck.diagnose as diagnose_module
+
+    inputs, refs, bounds = prepared(case)
+    obs = emulate(case, inputs, observe) if isinstance(observe, Kernel) else observe(case, inputs)
+    obs = {k: v for k, v in obs.items() if quantity_of(k) not in drop}
+    verdicts = compare(case, obs, refs, bounds, conventions)
+    alone = diagnose(case, inputs, obs, refs, conventions, verdicts, FAMILY, bounds)
+    assert alone is not None
+    memo: dict[Any, Any] = {}
+    for other in (DECLARED, BIASED, ONNX, TORCH_F32, ONE_PASS_DOCUMENTED):  # targets judged on the case before this one
+        diagnose(case, inputs, obs, refs, other, compare(case, obs, refs, bounds, other), "other.bn", bounds, memo=memo)
+    shared = diagnose(case, inputs, obs, refs, conventions, verdicts, FAMILY, bounds, memo=memo)
+    assert shared is not None and shared.to_dict() == alone.to_dict()
+    calls: list[str] = []
+    for name in ("compute_bounds", "compute_reference"):
+        original = getattr(diagnose_module, name)
+        monkeypatch.setattr(diagnose_module, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    again = diagnose(case, inputs, obs, refs, conventions, verdicts, FAMILY, bounds, memo=memo)
+    assert again is not None and again.to_dict() == alone.to_dict()
+    assert calls == []

@@ -175,10 +175,24 @@ def _running_only(case: Case) -> Callable[[str], bool]:
     return lambda key: quantity_of(key) in ("running_mean", "running_var") or phase_of(key) == "eval"
 
 
+def _memoised(memo: dict[Any, tuple[Values, Values]] | None, key: tuple[Any, ...], thunk: Thunk) -> Thunk:
+    """`thunk`, its result kept in `memo` under `key` (None: not kept)."""
+    if memo is None:
+        return thunk
+
+    def cached() -> tuple[Values, Values]:
+        if key not in memo:
+            memo[key] = thunk()
+        return memo[key]
+    return cached
+
+
 def _candidates(case: Case, inputs: Inputs, refs: dict[str, Reference], conventions: Conventions,
-                bounds_of: Callable[[str], Values]) -> list[_Candidate]:
+                bounds_of: Callable[[str], Values], memo: dict[Any, tuple[Values, Values]] | None = None,
+                ) -> list[_Candidate]:
     """Every hypothesis that applies to the case, in catalogue order; `bounds_of(convention)` gives the
-    correct kernel's bounds of refs[convention]."""
+    correct kernel's bounds of refs[convention]. `memo` keeps each hypothesis's values and bounds, which
+    depend on the case and the declared running-variance convention only, for the case's other targets."""
     declared = conventions.running_var
     ref = refs[declared]
     out: list[_Candidate] = []
@@ -191,14 +205,16 @@ def _candidates(case: Case, inputs: Inputs, refs: dict[str, Reference], conventi
                 return r.values, bounds_of(rv)
             r = compute_reference(c, inputs, rv)
             return r.values, compute_bounds(c, inputs, r)
-        return thunk
+        return thunk if c is case else _memoised(memo, ("reference", c.case_id, rv), thunk)
 
     def precision(**kw: Any) -> Thunk:
-        return lambda: (ref.values, compute_bounds(case, inputs, ref, **kw))
+        return _memoised(memo, ("precision", declared, *sorted(kw.items())),
+                         lambda: (ref.values, compute_bounds(case, inputs, ref, **kw)))
 
     def variant(how: str) -> _Candidate:
         keys = frozenset(_variant_keys(case, ref, how))
-        return _Candidate(how, lambda: (_variant_y(case, inputs, ref, how), base_bounds()), keys=keys)
+        return _Candidate(how, _memoised(memo, ("variant", declared, how),
+                                         lambda: (_variant_y(case, inputs, ref, how), base_bounds())), keys=keys)
 
     other = "biased" if declared == "unbiased" else "unbiased"
     training = any(p != "eval" for p in case.phases)
@@ -207,7 +223,8 @@ def _candidates(case: Case, inputs: Inputs, refs: dict[str, Reference], conventi
         # n / max(n - 1, 1) at n = 1 is the biased update, and a batch_var_unbiased of 0 (the biased variance)
         # where the exact one is 0/0: the same numbers as the biased convention, the more specific explanation
         if case.track_running_stats and declared == "unbiased" or "batch_var_unbiased" in conventions.quantities:
-            out.append(_Candidate("bessel-clamped", _bessel_clamped(case, inputs, refs, bounds_of),
+            out.append(_Candidate("bessel-clamped", _memoised(memo, ("bessel-clamped",),
+                                                              _bessel_clamped(case, inputs, refs, bounds_of)),
                                   lambda key: running(key) or quantity_of(key) == "batch_var_unbiased"))
     if training and case.track_running_stats:
         out.append(_Candidate(f"running-var-{other}", with_case(case, other), running))
@@ -227,7 +244,8 @@ def _candidates(case: Case, inputs: Inputs, refs: dict[str, Reference], conventi
             c = case.replace(track_running_stats=False)
             r = compute_reference(c, inputs, declared)
             return {"eval.y": r.values["eval.y"], **({"eval.dx": r.values["eval.dx"]} if "eval.dx" in r.values else {})}, compute_bounds(c, inputs, r)
-        out.append(_Candidate("eval-uses-batch-stats", eval_batch, keys=frozenset({"eval.y", "eval.dx"} if case.grad else {"eval.y"})))
+        out.append(_Candidate("eval-uses-batch-stats", _memoised(memo, ("eval-uses-batch-stats", declared), eval_batch),
+                              keys=frozenset({"eval.y", "eval.dx"} if case.grad else {"eval.y"})))
     out.append(_Candidate("one-pass-variance", precision(variance="one-pass")))
     if case.dtype == "float64":
         out.append(_Candidate("float32-computation", precision(accumulation="float32", output="float32")))
@@ -406,11 +424,14 @@ def _tightness(fits: list[_Fit]) -> None:
 
 def diagnose(case: Case, inputs: Inputs, obs: Observation, refs: dict[str, Reference],
              conventions: Conventions, verdicts: list[Verdict], family: str,
-             bounds: dict[str, dict[str, np.ndarray]] | None = None) -> Diagnosis | None:
+             bounds: dict[str, dict[str, np.ndarray]] | None = None,
+             memo: dict[Any, Any] | None = None) -> Diagnosis | None:
     """The diagnosis of one execution, or None when nothing deviates.
 
     `bounds`, keyed by running-variance convention like compare()'s, are the correct kernel's bounds of
     `refs`, when the caller has them; otherwise they are computed here (the same numbers, only slower).
+    `memo`, one dict per case (judging.Expected.hypotheses), keeps the hypotheses' values and bounds for the
+    case's other deviating targets: the same numbers, computed once.
     """
     bad = sorted((v for v in verdicts if not v.passed), key=lambda v: _chain_key(case, v.key))
     if not bad:
@@ -431,7 +452,7 @@ def diagnose(case: Case, inputs: Inputs, obs: Observation, refs: dict[str, Refer
     untouched = max(v.ratio for v in bad)
     errors = _Errors(case, obs)
     results: list[_Fit] = []
-    for cand in _candidates(case, inputs, refs, conventions, bounds_of):
+    for cand in _candidates(case, inputs, refs, conventions, bounds_of, memo):
         if cand.keys is not None and first.key not in cand.keys:
             continue  # it does not model the first deviating quantity
         if cand.touches is not None and not any(cand.touches(k) for k in keys):

@@ -24,6 +24,7 @@ class Expected:
     bounds: dict[str, dict[str, np.ndarray]]
     dependent: frozenset[str]  # keys whose reference value differs between the conventions
     plans: dict[Any, Any] = field(default_factory=dict)  # compare()'s flattened reference, per declared convention
+    hypotheses: dict[Any, Any] = field(default_factory=dict)  # diagnose()'s values and bounds per hypothesis
 
 
 def expected_values(case: Case, inputs: Inputs) -> Expected:
@@ -53,4 +54,4 @@ def judge_execution(case: Case, inputs: Inputs, observation: Observation, conven
     if all(v.passed for v in verdicts):
         return verdicts, None
     return verdicts, diagnose(case, inputs, observation, expected.references, conventions, verdicts, family,
-                              bounds=expected.bounds)
+                              bounds=expected.bounds, memo=expected.hypotheses)
