@@ -22,7 +22,8 @@
 
 added/case = (bncheck - floor) / cases run: the overhead in absolute terms (noisy for the JAX targets, whose
 floor and bncheck each compile every kernel). With --runs N the per-target tables are measured N times, each
-time with new workers on both sides and new JAX caches, and a table of each target's median ratio follows: on
+time with new workers on both sides and new JAX caches, and a table of each target's median ratio and median
+added/case follows: on
 a shared 2-core machine one run of a 2 ms floor moves by a factor of 1.5. (Repeating passes inside one run
 instead would measure a warm state users never see: targets keep per-case artifacts, ORT sessions and torch
 modules, and a second pass of the floor took a thirtieth of the first.) The last line is
@@ -261,6 +262,7 @@ def main() -> None:
             print(f"  {suite:<10} " + ", ".join(f"{k} {v:.2f}" for k, v in st.items()) + f"; total for one target {alone:.2f}")
         by_fw = targets_by_framework(a.targets)
         ratios: dict[tuple[str, str], list[float]] = {}  # (suite, target) -> ratio of each run
+        added_ms: dict[tuple[str, str], list[float]] = {}  # (suite, target) -> milliseconds added per case, each run
         for run in range(1, a.runs + 1):
             for suite in suites:
                 of = f", run {run} of {a.runs}" if a.runs > 1 else ""
@@ -275,16 +277,20 @@ def main() -> None:
                         ratio = b["bncheck_s"] / f["floor_s"] if f["floor_s"] > 0 else float("inf")
                         ratios.setdefault((suite, n), []).append(ratio)
                         added = 1000 * (b["bncheck_s"] - f["floor_s"]) / b["ran"] if b["ran"] else float("nan")
+                        if b["ran"]:
+                            added_ms.setdefault((suite, n), []).append(added)
                         bad = f"  ({b['bad']} error/crash/timeout)" if b["bad"] else ""
                         print(f"  {n:<28} {b['ran']:>4} {f['floor_s']:8.3f} {b['worker_run_s']:9.3f} {b['bncheck_s']:8.3f} "
                               f"{b['parent_cpu_s']:10.3f} {ratio:6.2f} {b['cases'] / b['bncheck_s']:8.1f} {added:7.1f} ms{bad}",
                               flush=True)
         if a.runs > 1:
             for suite in suites:
-                print(f"\nratio per target on '{suite}', median of {a.runs} runs (min-max)")
+                print(f"\nratio and time added per case, per target on '{suite}': median of {a.runs} runs (min-max)")
                 for (s_, n), rs in ratios.items():
                     if s_ == suite:
-                        print(f"  {n:<28} {statistics.median(rs):6.2f} ({min(rs):.2f}-{max(rs):.2f})")
+                        ms = added_ms.get((s_, n), [float("nan")])
+                        print(f"  {n:<28} {statistics.median(rs):6.2f} ({min(rs):.2f}-{max(rs):.2f})  "
+                              f"{statistics.median(ms):6.1f} ms ({min(ms):.1f} to {max(ms):.1f})")
         smoke = [statistics.median(rs) for (s_, _), rs in ratios.items() if s_ == "smoke"]
         if smoke:
             print("\nlargest over the targets of their median ratio on 'smoke'" if a.runs > 1 else "")
