@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .dtypes import DTYPES
+from .files import write_atomic
 
 MODES = ("train", "eval", "trajectory")
 LAYOUTS = ("channels_first", "channels_last")
@@ -467,12 +468,10 @@ def load_cases(sources: list[str]) -> list[Case]:
 def write_case_file(path: str | Path, cases: list[Case]) -> None:
     """Write cases as canonical JSON lines, atomically."""
     path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
     lines = []
     for c in cases:
         d = c.to_dict()
         if c.meta:
             d["meta"] = c.meta
         lines.append(json.dumps(d, sort_keys=True, separators=(",", ":")))
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, "\n".join(lines) + "\n")

@@ -1,7 +1,8 @@
 """The `bncheck` command line: parses, delegates, sets the exit status; nothing else.
 
 Exit status: 0 success and nothing to report; 1 deviations, errors, crashes or timeouts found;
-2 usage or input error; 3 infrastructure error (no requested target available, store unusable);
+2 usage or input error; 3 infrastructure error (no requested target available, store unusable, a full,
+read-only or failing disk);
 128 + the signal (130 SIGINT, 143 SIGTERM) for a run interrupted with its results stored.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ import click
 
 from . import targets as registry
 from .cases import CaseFileError, load_cases
+from .files import disk_failure
 from .store import FILENAME, Store, StoreError
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
@@ -73,7 +76,21 @@ timeout_option = click.option("--timeout", default=120.0, show_default=True, typ
                               help="Seconds one case may take on one target before its worker is killed.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group: a full, read-only or failing disk ends any command with one line and exit status 3."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; a disk failure becomes a Failure (a traceback would also exit 1, "deviations found")."""
+        try:
+            return super().invoke(ctx)
+        except (OSError, sqlite3.Error) as e:
+            what = disk_failure(e)
+            if what is None:
+                raise
+            raise Failure(f"{what}; free some space, check the permissions, or choose another location", EXIT_INFRA) from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bncheck")
 def main() -> None:
     """bncheck: does Batch Normalization mean the same thing in every framework?"""
@@ -215,6 +232,7 @@ def _run(sources: list[str], pattern: str | None, out: str, timeout: float, plug
     store: Store | None = None
     run_id = ""
     interrupted = 0  # 128 + the signal that ended the run early
+    resumable = bool(resume)  # the run's cases are stored: --resume can complete it
     clock = _PhaseClock()
     if resume:
         store, run_id = _resume_plan(out, resume)
@@ -278,6 +296,7 @@ def _run(sources: list[str], pattern: str | None, out: str, timeout: float, plug
                                            "shrink_time": shrink_time})
             store.add_targets(run_id, discovery.rows)
             store.add_cases(run_id, [(c.case_id, c.canonical_json()) for c in cases])
+            resumable = True
             click.echo(f"bncheck: {len(cases)} cases x {len(discovery.runnable)} targets "
                        f"({', '.join(t.name for t in discovery.runnable)})", err=True)
         else:
@@ -333,6 +352,14 @@ def _run(sources: list[str], pattern: str | None, out: str, timeout: float, plug
             store.close()
             clock.lap("writing reports")
             click.echo("bncheck: times: " + ", ".join(f"{k} {v:.1f} s" for k, v in clock.laps().items()), err=True)
+    except (OSError, sqlite3.Error) as e:  # the disk filled up (or failed) under the store or the reports
+        what = disk_failure(e)
+        if what is None:
+            raise
+        where = f" ({Path(out) / FILENAME})" if isinstance(e, sqlite3.Error) else ""
+        kept = (f"; run {run_id} keeps every execution committed before, and 'bncheck run --resume {run_id} --out "
+                f"{out}' completes it once there is room" if resumable else "; run the command again once there is room")
+        raise Failure(f"cannot write{where}: {what}{kept}", EXIT_INFRA) from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -603,7 +630,7 @@ def baseline_cmd(run_dir: str, out_file: str, reason: str | None, expires: str |
     from datetime import date
 
     from .gate import GateInputError, make_baseline
-    from .report.results import write_atomic
+    from .files import write_atomic
 
     doc, _ = _read_results(run_dir)
     until = _parse_date(expires, "--expires")

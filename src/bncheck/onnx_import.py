@@ -59,6 +59,7 @@ import numpy as np
 from . import __version__
 from .cases import Case, case_from_dict, write_case_file
 from .compare import judge
+from .files import write_atomic
 from .inputs import expected_keys
 from .reference import compute_reference
 from .tolerance import compute_bounds
@@ -443,9 +444,7 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
                 np.lib.format.write_array(f, np.ascontiguousarray(arrays[key]), allow_pickle=False)
     data = buf.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_atomic(path, data)
     return hashlib.sha256(data).hexdigest()
 
 

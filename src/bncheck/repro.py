@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .cases import Case
+from .files import write_atomic
 from .inputs import Inputs
 
 REFERENCE_SOURCE = '''
@@ -144,9 +145,7 @@ def write_repro(path: Path, case: Case, inputs: Inputs, target: Any, keys: list[
     if not hasattr(target, "repro_source"):
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(render(case, inputs, target, keys, title, expectation, manifest), encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, render(case, inputs, target, keys, title, expectation, manifest))
     return path
 
 

@@ -22,7 +22,8 @@ from typing import Any
 import jinja2
 
 from . import svg
-from .results import plugin_args, root_causes, write_atomic
+from ..files import write_atomic
+from .results import plugin_args, root_causes
 
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("bncheck", "report/templates"),

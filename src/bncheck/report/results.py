@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shlex
 from collections import Counter
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cases import case_from_dict
+from ..files import write_atomic
 from ..store import Store
 
 SCHEMA = "bncheck.results"
@@ -180,13 +180,6 @@ def build_results(store: Store, run_id: str) -> dict[str, Any]:
         "cases": cases,
         "executions": out_execs,
     }
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a file so that readers see either the old or the whole new content."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 FINDINGS_DIR = "findings"  # beside the HTML report's findings/<signature>.html pages
