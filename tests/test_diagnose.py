@@ -18,7 +18,7 @@ import pytest
 
 from bncheck.cases import Case
 from bncheck.compare import compare
-from bncheck.diagnose import HYPOTHESES, Diagnosis, diagnose, signature
+from bncheck.diagnose import HYPOTHESES, Diagnosis, HypothesisMemo, diagnose, signature
 from bncheck.dtypes import round_as_float64
 from bncheck.inputs import Inputs
 from bncheck.reference import quantity_of
@@ -417,7 +417,7 @@ def test_a_shared_memo_changes_no_diagnosis(case: Case, observe: Kernel | Observ
     verdicts = compare(case, obs, refs, bounds, conventions)
     alone = diagnose(case, inputs, obs, refs, conventions, verdicts, FAMILY, bounds)
     assert alone is not None
-    memo: dict[Any, Any] = {}
+    memo = HypothesisMemo()
     for other in (DECLARED, BIASED, ONNX, TORCH_F32, ONE_PASS_DOCUMENTED):  # targets judged on the case before this one
         diagnose(case, inputs, obs, refs, other, compare(case, obs, refs, bounds, other), "other.bn", bounds, memo=memo)
     shared = diagnose(case, inputs, obs, refs, conventions, verdicts, FAMILY, bounds, memo=memo)
@@ -428,4 +428,7 @@ def test_a_shared_memo_changes_no_diagnosis(case: Case, observe: Kernel | Observ
         monkeypatch.setattr(diagnose_module, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
     again = diagnose(case, inputs, obs, refs, conventions, verdicts, FAMILY, bounds, memo=memo)
     assert again is not None and again.to_dict() == alone.to_dict()
-    assert calls == []
+    assert calls == [] and 0 < memo.nbytes <= memo.limit
+    full = HypothesisMemo(limit=0)  # no room: nothing is kept, everything is computed again, nothing changes
+    assert diagnose(case, inputs, obs, refs, conventions, verdicts, FAMILY, bounds, memo=full).to_dict() == alone.to_dict()
+    assert full.kept == {} and full.nbytes == 0

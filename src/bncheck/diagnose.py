@@ -175,21 +175,42 @@ def _running_only(case: Case) -> Callable[[str], bool]:
     return lambda key: quantity_of(key) in ("running_mean", "running_var") or phase_of(key) == "eval"
 
 
-def _memoised(memo: dict[Any, tuple[Values, Values]] | None, key: tuple[Any, ...], thunk: Thunk) -> Thunk:
+MEMO_BYTES = 16 << 20  # a case's hypotheses kept for its other targets, at most (a case in flight holds them)
+
+
+class HypothesisMemo:
+    """A case's hypotheses' values and bounds, kept for the case's other deviating targets while they fit in `limit`
+    bytes (one per case in flight: judging.Expected.hypotheses); what does not fit is computed again when asked."""
+
+    def __init__(self, limit: int = MEMO_BYTES) -> None:
+        self.limit = limit
+        self.kept: dict[tuple[Any, ...], tuple[Values, Values]] = {}
+        self._arrays: set[int] = set()  # ids of the arrays counted (a hypothesis may share the reference's)
+        self.nbytes = 0
+
+    def get(self, key: tuple[Any, ...], compute: Thunk) -> tuple[Values, Values]:
+        """The result under `key`, computing it (and keeping it, if it fits) the first time."""
+        if key in self.kept:
+            return self.kept[key]
+        result = compute()
+        arrays = {id(a): a for part in result for a in part.values() if isinstance(a, np.ndarray)}
+        size = sum(a.nbytes for i, a in arrays.items() if i not in self._arrays)
+        if self.nbytes + size <= self.limit:
+            self.kept[key] = result
+            self._arrays.update(arrays)
+            self.nbytes += size
+        return result
+
+
+def _memoised(memo: HypothesisMemo | None, key: tuple[Any, ...], thunk: Thunk) -> Thunk:
     """`thunk`, its result kept in `memo` under `key` (None: not kept)."""
     if memo is None:
         return thunk
-
-    def cached() -> tuple[Values, Values]:
-        if key not in memo:
-            memo[key] = thunk()
-        return memo[key]
-    return cached
+    return lambda: memo.get(key, thunk)
 
 
 def _candidates(case: Case, inputs: Inputs, refs: dict[str, Reference], conventions: Conventions,
-                bounds_of: Callable[[str], Values], memo: dict[Any, tuple[Values, Values]] | None = None,
-                ) -> list[_Candidate]:
+                bounds_of: Callable[[str], Values], memo: HypothesisMemo | None = None) -> list[_Candidate]:
     """Every hypothesis that applies to the case, in catalogue order; `bounds_of(convention)` gives the
     correct kernel's bounds of refs[convention]. `memo` keeps each hypothesis's values and bounds, which
     depend on the case and the declared running-variance convention only, for the case's other targets."""
@@ -425,7 +446,7 @@ def _tightness(fits: list[_Fit]) -> None:
 def diagnose(case: Case, inputs: Inputs, obs: Observation, refs: dict[str, Reference],
              conventions: Conventions, verdicts: list[Verdict], family: str,
              bounds: dict[str, dict[str, np.ndarray]] | None = None,
-             memo: dict[Any, Any] | None = None) -> Diagnosis | None:
+             memo: HypothesisMemo | None = None) -> Diagnosis | None:
     """The diagnosis of one execution, or None when nothing deviates.
 
     `bounds`, keyed by running-variance convention like compare()'s, are the correct kernel's bounds of

@@ -9,7 +9,7 @@ import numpy as np
 
 from .cases import Case
 from .compare import Verdict, compare
-from .diagnose import Diagnosis, diagnose
+from .diagnose import Diagnosis, HypothesisMemo, diagnose
 from .inputs import Inputs
 from .reference import Reference, compute_references, convention_matters
 from .targets.base import Conventions, Observation
@@ -24,7 +24,7 @@ class Expected:
     bounds: dict[str, dict[str, np.ndarray]]
     dependent: frozenset[str]  # keys whose reference value differs between the conventions
     plans: dict[Any, Any] = field(default_factory=dict)  # compare()'s flattened reference, per declared convention
-    hypotheses: dict[Any, Any] = field(default_factory=dict)  # diagnose()'s values and bounds per hypothesis
+    hypotheses: HypothesisMemo = field(default_factory=HypothesisMemo)  # diagnose()'s, shared by the case's targets
 
 
 def expected_values(case: Case, inputs: Inputs) -> Expected:
