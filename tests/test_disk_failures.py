@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bncheck.files import disk_failure, write_atomic
-from conftest import PLUGINS, ROOT, write_jsonl
+from conftest import PLUGINS, ROOT, wait_for_executions, write_jsonl
 
 LIMITED = """
 import resource, signal, sys
@@ -147,3 +148,21 @@ def test_other_commands_that_write_fail_with_one_line(tmp_path: Path) -> None:
                                     cwd=tmp_path), start=f"bncheck: error: {tmp_path / 'cases' / 'many.jsonl'}: ")
     assert line.endswith("File too large; free some space, check the permissions, or choose another location"), line
     assert list((tmp_path / "cases").glob("*")) == []
+
+
+def test_an_output_folder_removed_mid_run_is_one_line_saying_so(tmp_path: Path) -> None:
+    """A cleanup job deletes the output folder while a run writes into it: exit 3 and one line naming the report that
+    could not be written and that the store went with it (not a traceback, whose status would read "deviations")."""
+    cases = write_jsonl(tmp_path / "c.jsonl", [{"shape": [6, 3, 4], "seed": s} for s in range(1, 31)])
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PLUGINS), str(ROOT / "src")]), BNCHECK_FAULTY_SLEEP="0.2")
+    proc = subprocess.Popen([sys.executable, "-m", "bncheck.cli", "run", str(cases), "--targets", "faulty.*", "--plugin",
+                             "faulty_plugin", "--shrink", "0", "--out", str(out)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_executions(out / "results.sqlite", 3, proc)
+    shutil.rmtree(out)
+    _, stderr = proc.communicate(timeout=120)
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+    line = _one_line_error(r)
+    assert line == (f"bncheck: error: cannot write: {out / 'results.json'}: No such file or directory; the results "
+                    "store is gone too: run the command again"), stderr

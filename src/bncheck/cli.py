@@ -357,8 +357,13 @@ def _run(sources: list[str], pattern: str | None, out: str, timeout: float, plug
         if what is None:
             raise
         where = f" ({Path(out) / FILENAME})" if isinstance(e, sqlite3.Error) else ""
-        kept = (f"; run {run_id} keeps every execution committed before, and 'bncheck run --resume {run_id} --out "
-                f"{out}' completes it once there is room" if resumable else "; run the command again once there is room")
+        if not (Path(out) / FILENAME).exists():  # the output folder itself was removed
+            kept = "; the results store is gone too: run the command again"
+        elif resumable:
+            kept = (f"; run {run_id} keeps every execution committed before, and 'bncheck run --resume {run_id} --out "
+                    f"{out}' completes it once there is room")
+        else:
+            kept = "; run the command again once there is room"
         raise Failure(f"cannot write{where}: {what}{kept}", EXIT_INFRA) from None
     finally:
         if previous is not None:

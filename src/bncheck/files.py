@@ -1,4 +1,4 @@
-"""Files written whole or not at all, and a one-line account of a write that failed because of the disk."""
+"""Files written whole or not at all, and a one-line account of a write that failed because of the disk or the folder."""
 
 from __future__ import annotations
 
@@ -17,8 +17,14 @@ _SQLITE_DISK_MESSAGES = ("disk is full", "disk I/O error", "readonly database", 
                          "not a database", "database is locked", "access permission denied")
 
 
+class WriteError(OSError):
+    """A file bncheck writes (a report, a case file, a script) could not be written: its folder is gone, the disk is
+    full or read-only, or permission is lacking. Its `filename` is the file that was being written."""
+
+
 def write_atomic(path: Path | str, data: str | bytes) -> None:
-    """Write `data` so that readers see the old file or the whole new one; a failed write leaves no temporary behind."""
+    """Write `data` so that readers see the old file or the whole new one; a failed write leaves no temporary behind
+    and raises WriteError naming `path`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -27,10 +33,11 @@ def write_atomic(path: Path | str, data: str | bytes) -> None:
         else:
             tmp.write_text(data, encoding="utf-8")
         os.replace(tmp, path)
-    except BaseException as e:
+    except OSError as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename is None:  # a failed write names no file: name the one being written
-            e.filename = str(path)
+        raise WriteError(e.errno, e.strerror, str(path)) from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -41,7 +48,7 @@ def disk_failure(e: BaseException) -> str | None:
         if code is not None:
             return str(e) if (code & 0xFF) in _SQLITE_DISK_CODES else None
         return str(e) if any(m in str(e) for m in _SQLITE_DISK_MESSAGES) else None
-    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+    if isinstance(e, OSError) and (e.errno in _DISK_ERRNOS or isinstance(e, WriteError)):
         reason = os.strerror(e.errno)
         return f"{e.filename}: {reason}" if e.filename else reason
     return None
