@@ -648,7 +648,7 @@ def baseline_cmd(run_dir: str, out_file: str, reason: str | None, expires: str |
     try:
         write_atomic(Path(out_file), json.dumps(base, indent=1, allow_nan=False) + "\n")
     except OSError as e:
-        raise Failure(f"cannot write {out_file}: {e}", EXIT_INFRA) from None
+        raise Failure(f"cannot write {out_file}: {e.strerror or e}", EXIT_INFRA) from None
     acc = base["accepted"]
     pseudo = sum(1 for a in acc if a["classification"] in ("error", "crash", "timeout"))
     click.echo(f"{out_file}: {len(acc)} accepted ({len(acc) - pseudo} findings, {pseudo} errors/crashes/timeouts) "
@@ -720,7 +720,9 @@ def junit_cmd(run_dir: str, out_file: str | None) -> None:
     try:
         write_junit(doc, target)
     except (OSError, KeyError, TypeError, AttributeError) as e:
-        raise Failure(f"cannot write {target}: {e}", EXIT_INFRA if isinstance(e, OSError) else EXIT_USAGE) from None
+        if isinstance(e, OSError):
+            raise Failure(f"cannot write {target}: {e.strerror or e}", EXIT_INFRA) from None
+        raise Failure(f"cannot write {target}: {e}", EXIT_USAGE) from None
     click.echo(f"{target}: {len(doc.get('executions') or [])} test cases")
 
 
