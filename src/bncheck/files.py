@@ -1,4 +1,4 @@
-"""Files written whole or not at all, and a one-line account of a write that failed because of the disk or the folder."""
+"""Files written whole or not at all, and a one-line account of a write that failed (disk, folder, permission)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,6 @@ def disk_failure(e: BaseException) -> str | None:
             return str(e) if (code & 0xFF) in _SQLITE_DISK_CODES else None
         return str(e) if any(m in str(e) for m in _SQLITE_DISK_MESSAGES) else None
     if isinstance(e, OSError) and (e.errno in _DISK_ERRNOS or isinstance(e, WriteError)):
-        reason = os.strerror(e.errno)
+        reason = os.strerror(e.errno) if e.errno else (e.strerror or "could not be written")
         return f"{e.filename}: {reason}" if e.filename else reason
     return None
