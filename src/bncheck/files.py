@@ -9,12 +9,12 @@ from pathlib import Path
 
 # errno values that say the disk or the file system refused, not that bncheck is wrong
 _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG})
-# SQLite primary result codes of the same kind: PERM 3, BUSY 5, LOCKED 6, READONLY 8, IOERR 10, CORRUPT 11, FULL 13,
-# CANTOPEN 14, NOTADB 26 (a misused API or a constraint is bncheck's fault, and stays a traceback)
-_SQLITE_DISK_CODES = frozenset({3, 5, 6, 8, 10, 11, 13, 14, 26})
-# their messages, for Pythons before 3.11, whose sqlite3 exceptions carry no code
-_SQLITE_DISK_MESSAGES = ("disk is full", "disk I/O error", "readonly database", "unable to open database", "malformed",
-                         "not a database", "database is locked", "access permission denied")
+# SQLite primary result codes of the same kind: PERM 3, BUSY 5, LOCKED 6, READONLY 8, IOERR 10, FULL 13, CANTOPEN 14;
+# and those that say the file is no (sound) database: CORRUPT 11, NOTADB 26. A misused API or a constraint is
+# bncheck's fault, and stays a traceback. The messages are for Pythons before 3.11, whose exceptions carry no code.
+_SQLITE_DISK = {3: "access permission denied", 5: "database is locked", 6: "database table is locked",
+                8: "readonly database", 10: "disk I/O error", 13: "disk is full", 14: "unable to open database"}
+_SQLITE_NOT_A_STORE = {11: "malformed", 26: "not a database"}
 
 
 class WriteError(OSError):
@@ -41,13 +41,23 @@ def write_atomic(path: Path | str, data: str | bytes) -> None:
         raise
 
 
+def _sqlite_is(e: sqlite3.Error, kinds: dict[int, str]) -> bool:
+    """True when SQLite's primary result code of `e` (or, without one, its message) is one of `kinds`."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in kinds
+    return any(m in str(e) for m in kinds.values())
+
+
+def not_a_database(e: sqlite3.Error) -> bool:
+    """True when SQLite says the file is not a database, or a damaged one (SQLITE_NOTADB, SQLITE_CORRUPT)."""
+    return _sqlite_is(e, _SQLITE_NOT_A_STORE)
+
+
 def disk_failure(e: BaseException) -> str | None:
     """What went wrong when `e` is a full, read-only, locked or failing disk or results database; None for anything else."""
     if isinstance(e, sqlite3.Error):
-        code = getattr(e, "sqlite_errorcode", None)
-        if code is not None:
-            return str(e) if (code & 0xFF) in _SQLITE_DISK_CODES else None
-        return str(e) if any(m in str(e) for m in _SQLITE_DISK_MESSAGES) else None
+        return str(e) if _sqlite_is(e, _SQLITE_DISK) or not_a_database(e) else None
     if isinstance(e, OSError) and (e.errno in _DISK_ERRNOS or isinstance(e, WriteError)):
         reason = os.strerror(e.errno) if e.errno else (e.strerror or "could not be written")
         return f"{e.filename}: {reason}" if e.filename else reason

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from .files import disk_failure
+from .files import disk_failure, not_a_database
 
 SCHEMA_VERSION = 2  # 2: the findings table
 FILENAME = "results.sqlite"
@@ -69,14 +69,6 @@ class StoreError(Exception):
     """The results file cannot be used (wrong schema version, not a bncheck store, unwritable)."""
 
 
-def _not_a_store(e: sqlite3.DatabaseError) -> bool:
-    """True when SQLite says the file is not a database or a damaged one (SQLITE_NOTADB, SQLITE_CORRUPT)."""
-    code = getattr(e, "sqlite_errorcode", None)
-    if code is not None:
-        return (code & 0xFF) in (11, 26)
-    return "not a database" in str(e) or "malformed" in str(e)
-
-
 def _num(x: float) -> float | None:
     """SQLite REAL for a float; infinity is stored as a very large number, NaN as NULL."""
     if x != x:
@@ -110,7 +102,7 @@ class Store:
                     version += 1
                     self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(version),))
         except sqlite3.DatabaseError as e:
-            if disk_failure(e) and not _not_a_store(e):  # the disk, not the file: full, read-only, failing
+            if disk_failure(e) and not not_a_database(e):  # the disk, not the file: full, read-only, failing
                 raise StoreError(f"{self.path}: {e}; free some space or choose another --out directory") from None
             raise StoreError(f"{self.path}: not a usable bncheck results file ({e}); choose another --out directory") from None
 
