@@ -431,6 +431,7 @@ def _finding_context(doc: dict[str, Any], f: dict[str, Any], out_dir: Path | Non
     tinfo = next((t for t in doc["targets"] if t["name"] == f["target"]), None)
     manifest = doc["run"].get("manifest") or {}
     alternatives = [{"name": a[0], "residual": a[1]} for a in (w.get("alternatives") or []) if isinstance(a, (list, tuple)) and a]
+    replay_args = f" --out {shlex.quote(_replay_out(doc['run'].get('command', '')))}{plugin_args(doc)}"  # both replays'
     return {
         "f": f, "w": w, "case": case_d, "first": first, "verdicts": verdicts, "charts": charts, "cond": cond,
         "cond_note": cond_note, "cond_recomputed": offsets is not None, "trajectory": trajectory,
@@ -439,10 +440,8 @@ def _finding_context(doc: dict[str, Any], f: dict[str, Any], out_dir: Path | Non
         "worst_json": json.dumps(canon(case_d), separators=(", ", ": ")) if case_d else None,
         "repro_text": repro_text, "repro_size": repro_size,
         "repro_href": f"../{f['repro']}" if f.get("repro") else None,
-        "replay": f"bncheck replay {w['case_id']} --target {f['target']} --out {shlex.quote(_replay_out(doc['run'].get('command', '')))}"
-                  + plugin_args(doc),
-        "replay_minimal": f"bncheck replay {f.get('minimal_case') or w['case_id']} --target {f['target']} "
-                          f"--out {shlex.quote(_replay_out(doc['run'].get('command', '')))}" + plugin_args(doc),
+        "replay": f"bncheck replay {w['case_id']} --target {f['target']}{replay_args}",
+        "replay_minimal": f"bncheck replay {f.get('minimal_case') or w['case_id']} --target {f['target']}{replay_args}",
         "case_list": [(cid, doc["cases"].get(cid, {}).get("description", cid)) for cid in f["cases"][:MAX_CASES_LISTED]],
         "target_info": tinfo, "conventions_json": json.dumps((tinfo or {}).get("conventions", {}), indent=1),
         "frameworks": _frameworks(manifest), "host": _host(manifest),
