@@ -23,10 +23,9 @@
 added/case = (bncheck - floor) / cases run: the overhead in absolute terms (noisy for the JAX targets, whose
 floor and bncheck each compile every kernel). With --runs N the per-target tables are measured N times, each
 time with new workers on both sides and new JAX caches, and a table of each target's median ratio and median
-added/case follows: on
-a shared 2-core machine one run of a 2 ms floor moves by a factor of 1.5. (Repeating passes inside one run
-instead would measure a warm state users never see: targets keep per-case artifacts, ORT sessions and torch
-modules, and a second pass of the floor took a thirtieth of the first.) The last line is
+added/case follows: on a shared 2-core machine one run of a 2 ms floor moves by a factor of 1.5. (Repeating
+passes inside one run instead would measure a warm state users never see: targets keep per-case artifacts, ORT
+sessions and torch modules, and a second pass of the floor took a thirtieth of the first.) The last line is
 `max overhead ratio: <r>` over every target on the smoke suite (with --runs, of the targets' medians).
 """
 
