@@ -207,3 +207,53 @@ def test_data_backed_case_is_verified_at_load(tmp_path, monkeypatch):
     (tmp_path / "cases" / "d.npz").write_bytes(bytes(altered))
     with pytest.raises(CaseFileError, match=r"data.jsonl:1: .*SHA-256 .* differs"):
         load_case_file(p)
+
+
+def test_data_files_are_found_beside_the_case_file_that_names_them(tmp_path, monkeypatch):
+    """A data-backed case file loads from any working directory: its .npz is looked for beside it first."""
+    import hashlib
+    import io
+
+    import numpy as np
+
+    from bncheck.inputs import make_inputs
+
+    suite = tmp_path / "mysuite"
+    (suite / "data").mkdir(parents=True)
+    probe = case_from_dict({"shape": [2, 3], "mode": "eval"})
+    arrays = make_inputs(probe)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    (suite / "data" / "d.npz").write_bytes(buf.getvalue())
+    digest = hashlib.sha256(buf.getvalue()).hexdigest()
+    row = {"shape": [2, 3], "mode": "eval", "regime": {"name": "file", "data": {"file": "data/d.npz", "sha256": digest}}}
+    (suite / "s.jsonl").write_text(json.dumps(row) + "\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # no ./cases here, and the suite is not shipped
+    case = load_case_file(suite / "s.jsonl")[0]
+    assert all(np.array_equal(make_inputs(case)[k], arrays[k]) for k in arrays)
+
+
+def test_a_directory_or_fifo_given_as_case_file_is_named_as_such(tmp_path):
+    """Not 'no such case file': the line says what the path is."""
+    import os
+
+    from bncheck.cases import resolve_case_source
+
+    with pytest.raises(CaseFileError, match="is a directory, not a case file"):
+        resolve_case_source(str(tmp_path))
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(CaseFileError, match=r"is a FIFO \(named pipe\), not a case file"):
+        resolve_case_source(str(fifo))
+
+
+def test_error_lines_quote_huge_values_shortened():
+    """A 1 MB field name or a 5M-element shape is not echoed whole."""
+    with pytest.raises(CaseError) as e:
+        case_from_dict({"shape": [2, 3], "x" * 1_000_000: 1})
+    assert len(str(e.value)) < 1000 and "characters]" in str(e.value)
+    with pytest.raises(CaseError) as e:
+        case_from_dict({"shape": [1] * 5_000_000})
+    assert len(str(e.value)) < 1000

@@ -10,7 +10,7 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 
-from bncheck.cases import case_from_dict, load_case_file, load_cases  # noqa: E402
+from bncheck.cases import case_from_dict, load_case_file, load_cases, shipped_suites_dir  # noqa: E402
 from bncheck.inputs import load_data  # noqa: E402
 from bncheck.onnx_import import SUITE, format_report, import_onnx  # noqa: E402
 from bncheck.reference import compute_reference  # noqa: E402
@@ -96,9 +96,9 @@ def test_onnx_formulas_reproduce_the_imported_expectations(imported):
 
 def test_shipped_suite_equals_a_fresh_import(imported):
     _, report = imported
-    shipped = load_case_file(ROOT / "cases" / f"{SUITE}.jsonl")
+    shipped = load_case_file(shipped_suites_dir() / f"{SUITE}.jsonl")
     assert [c.case_id for c in shipped] == [t.case_id for t in report.tests], (
-        f"cases/{SUITE}.jsonl is stale for onnx {onnx.__version__}: regenerate with `bncheck import onnx`")
+        f"src/bncheck/suites/{SUITE}.jsonl is stale for onnx {onnx.__version__}: regenerate with `bncheck import onnx`")
     assert [c.case_id for c in load_cases([SUITE])] == [t.case_id for t in report.tests]
 
 

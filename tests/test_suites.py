@@ -7,10 +7,11 @@ from bncheck.generate import SUITES
 
 
 def test_shipped_suites_match_their_definitions():
-    """cases/*.jsonl are exactly what bncheck.generate produces (regenerate with `python -m bncheck.generate`)."""
+    """The shipped suites (src/bncheck/suites/*.jsonl) are exactly what bncheck.generate produces (regenerate with
+    `bncheck generate suites`)."""
     for name, build in SUITES.items():
         shipped = [c.case_id for c in load_case_file(resolve_case_source(name))]
-        assert shipped == [c.case_id for c in build()], f"cases/{name}.jsonl is stale"
+        assert shipped == [c.case_id for c in build()], f"suites/{name}.jsonl is stale"
 
 
 def test_default_suite_covers_the_case_space():

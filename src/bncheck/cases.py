@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -11,6 +12,7 @@ from typing import Any, Iterator
 
 from .dtypes import DTYPES
 from .files import write_atomic
+from .text import shorten
 
 MODES = ("train", "eval", "trajectory")
 LAYOUTS = ("channels_first", "channels_last")
@@ -43,8 +45,9 @@ class CaseError(ValueError):
         super().__init__(self.describe())
 
     def describe(self) -> str:
-        """One line: field, problem and fix."""
-        text = f"{self.field}: {self.problem}" if self.field else self.problem
+        """One line: field, problem and fix (an offending field name or value is shortened, never echoed whole)."""
+        problem = shorten(self.problem, 400)
+        text = f"{shorten(self.field)}: {problem}" if self.field else problem
         return f"{text} ({self.fix})" if self.fix else text
 
 
@@ -53,7 +56,7 @@ class CaseFileError(ValueError):
 
     def __init__(self, location: str, error: CaseError | str) -> None:
         self.location = location
-        super().__init__(f"{location}: {error.describe() if isinstance(error, CaseError) else error}")
+        super().__init__(f"{location}: {error.describe() if isinstance(error, CaseError) else shorten(str(error), 400)}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -280,7 +283,7 @@ def _validate_data(v: Any) -> dict[str, str]:
                         "name an .npz file beside the case file and its SHA-256")
     if not isinstance(v["file"], str) or not re.match(DATA_KEY_RE, v["file"].split("/")[-1]) or ".." in v["file"]:
         raise CaseError("regime.data.file", f"must be a relative .npz path without '..', got {json.dumps(v['file'])}",
-                        "store data files under cases/")
+                        "store data files beside the case file, in it or in a subfolder")
     if not isinstance(v["sha256"], str) or not re.fullmatch(r"[0-9a-f]{64}", v["sha256"]):
         raise CaseError("regime.data.sha256", "must be 64 lowercase hex digits", "use the file's SHA-256")
     return {"file": v["file"], "sha256": v["sha256"]}
@@ -418,7 +421,7 @@ def load_case_file(path: str | Path) -> list[Case]:
         try:
             case = case_from_dict(item)
             if "data" in case.regime:
-                load_data(case)  # verified now, so a bad data file never surfaces mid-run
+                load_data(case, path.parent)  # verified now, so a bad data file never surfaces mid-run
         except CaseError as e:
             raise CaseFileError(loc, e) from None
         except InputDataError as e:
@@ -427,30 +430,62 @@ def load_case_file(path: str | Path) -> list[Case]:
     return cases
 
 
+def shipped_suites_dir() -> Path:
+    """The folder of the suites shipped inside the package (src/bncheck/suites/, installed with it)."""
+    from importlib.resources import files
+
+    return Path(str(files("bncheck").joinpath("suites")))
+
+
 def suite_dirs() -> list[Path]:
-    """Folders searched for named suites: ./cases, then the cases/ folder shipped beside the package source."""
-    here = Path(__file__).resolve()
-    dirs = [Path.cwd() / "cases", here.parents[2] / "cases", here.parent / "suites"]
+    """Folders searched for suites named without a path: the shipped suites, then ./cases (your own suites)."""
     seen, out = set(), []
-    for d in dirs:
-        if d.is_dir() and d.resolve() not in seen:
-            seen.add(d.resolve())
-            out.append(d)
+    for d in (shipped_suites_dir(), Path.cwd() / "cases"):
+        try:
+            if d.is_dir() and d.resolve() not in seen:
+                seen.add(d.resolve())
+                out.append(d)
+        except OSError:
+            continue
     return out
 
 
 def resolve_case_source(source: str) -> Path:
-    """A path to a case file, or the name of a shipped suite (e.g. 'smoke' -> cases/smoke.jsonl)."""
+    """A path to a case file, or the name of a suite (e.g. 'smoke' -> the shipped smoke.jsonl)."""
     p = Path(source)
-    if p.is_file():
+    try:
+        kind = _file_kind(p)
+    except OSError as e:
+        raise CaseFileError(shorten(source), f"cannot read: {e.strerror or e}") from None
+    if kind == "file":
         return p
+    if kind is not None:
+        raise CaseFileError(shorten(source), f"is a {kind}, not a case file (give a .jsonl or .json file, or a suite name)")
     if p.suffix == "" and "/" not in source:
         for d in suite_dirs():
             for ext in (".jsonl", ".json"):
                 if (d / f"{source}{ext}").is_file():
                     return d / f"{source}{ext}"
     names = sorted({f.stem for d in suite_dirs() for f in d.glob("*.json*")})
-    raise CaseFileError(source, "no such case file or suite (suites: " + (", ".join(names) or "none found") + ")")
+    raise CaseFileError(shorten(source), "no such case file or suite (suites: " + (", ".join(names) or "none found") + ")")
+
+
+def _file_kind(p: Path) -> str | None:
+    """'file' for a regular file, a word for anything else that exists there (directory, FIFO, ...), None if nothing."""
+    import stat
+
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno in (errno.ENAMETOOLONG, errno.ENOTDIR, errno.ELOOP):
+            return None
+        raise
+    if stat.S_ISREG(mode):
+        return "file"
+    return {stat.S_IFDIR: "directory", stat.S_IFIFO: "FIFO (named pipe)", stat.S_IFSOCK: "socket",
+            stat.S_IFCHR: "character device", stat.S_IFBLK: "block device"}.get(stat.S_IFMT(mode), "special file")
 
 
 def load_cases(sources: list[str]) -> list[Case]:

@@ -558,13 +558,15 @@ def generate_hazards(only: str | None, suite_name: str, list_only: bool, out_dir
 
 
 @generate.command("suites")
-@suite_out
-def generate_suites(out_dir: str) -> None:
-    """Rewrite every shipped suite from its definition."""
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Folder to write the suites into [default: the package's own suites folder].")
+def generate_suites(out_dir: str | None) -> None:
+    """Rewrite every shipped suite from its definition (into the package's suites folder by default)."""
+    from .cases import shipped_suites_dir
     from .generate import SUITES
 
     for name, build in SUITES.items():
-        _write_suite(out_dir, name, build())
+        _write_suite(out_dir or str(shipped_suites_dir()), name, build())
 
 
 # ---- import -------------------------------------------------------------------------------------
@@ -574,14 +576,15 @@ def import_() -> None:
 
 
 @import_.command("onnx")
-@click.option("--out", "out_dir", default="cases", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for onnx-conformance.jsonl and its data files.")
-def import_onnx_cmd(out_dir: str) -> None:
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Folder for onnx-conformance.jsonl and its data files [default: the package's suites folder].")
+def import_onnx_cmd(out_dir: str | None) -> None:
     """The onnx-conformance suite from the BatchNormalization tests the installed onnx package ships."""
+    from .cases import shipped_suites_dir
     from .onnx_import import OnnxImportError, format_report, import_onnx
 
     try:
-        report = import_onnx(Path(out_dir))
+        report = import_onnx(Path(out_dir) if out_dir else shipped_suites_dir())
     except OnnxImportError as e:
         raise Failure(str(e), EXIT_INFRA) from None
     click.echo(format_report(report))

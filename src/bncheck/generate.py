@@ -1,7 +1,7 @@
 """Case generation: cartesian grids over case fields, and the definitions of the shipped suites.
 
-`python -m bncheck.generate` rewrites cases/smoke.jsonl and cases/default.jsonl from these definitions;
-a test checks that the shipped files are exactly what the definitions produce.
+`bncheck generate suites` (or `python -m bncheck.generate [FOLDER]`) rewrites the shipped suites in the package's
+suites/ folder from these definitions; a test checks that the shipped files are exactly what they produce.
 """
 
 from __future__ import annotations
@@ -236,8 +236,11 @@ SUITES = {"smoke": smoke_suite, "default": default_suite, "hazards": hazards_sui
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write the shipped suites into a cases/ folder (default: ./cases)."""
-    out = Path((argv or sys.argv[1:] or ["cases"])[0])
+    """Write the shipped suites into FOLDER (default: the package's suites folder)."""
+    from .cases import shipped_suites_dir
+
+    args = argv if argv is not None else sys.argv[1:]
+    out = Path(args[0]) if args else shipped_suites_dir()
     out.mkdir(parents=True, exist_ok=True)
     for name, build in SUITES.items():
         cases = build()

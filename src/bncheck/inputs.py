@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .cases import Case, special_value, suite_dirs
+from .text import shorten
 from .dtypes import round_to, transport_dtype
 
 Inputs = dict[str, np.ndarray]
@@ -73,23 +74,40 @@ class InputDataError(ValueError):
     """A case's explicit data file is missing, altered, or does not fit the case."""
 
 
-def find_data_file(relative: str) -> Path:
-    """Locate a case data file under the case folders (./cases, the shipped cases/)."""
-    for d in suite_dirs():
-        p = d / relative
+_VERIFIED: dict[str, Path] = {}  # SHA-256 -> the data file verified for it, found beside the case file that named it
+def verified_data_files() -> dict[str, str]:
+    """SHA-256 -> absolute path of every data file verified in this process (a run records them for --resume)."""
+    return {k: str(v) for k, v in _VERIFIED.items()}
+
+
+def add_verified_data_file(sha256: str, path: str | Path) -> None:
+    """Look for the data file of this SHA-256 at `path` first (it is verified again when loaded)."""
+    _VERIFIED.setdefault(sha256, Path(path))
+
+
+def find_data_file(relative: str, sha256: str | None = None, base: Path | None = None) -> Path:
+    """Locate a case data file: beside the case file that names it (`base`, its folder), where a file of that
+    SHA-256 was verified before, then in the suite folders (the shipped suites, ./cases)."""
+    folders = [*([base] if base is not None else []), *suite_dirs()]
+    known = _VERIFIED.get(sha256 or "")
+    candidates = [*([base / relative] if base is not None else []), *([known] if known is not None else []),
+                  *(d / relative for d in suite_dirs())]
+    for p in candidates:
         try:
             if p.is_file():
                 return p
         except OSError:  # e.g. a name longer than the file system allows
             continue
-    raise InputDataError(f"data file {relative!r} not found under " + ", ".join(str(d) for d in suite_dirs())
-                         + " (keep data files beside the suites in cases/)")
+    where = ", ".join(dict.fromkeys(str(d) for d in folders))
+    raise InputDataError(f"data file {shorten(relative)!r} not found under {where} "
+                         "(keep data files beside the case file that names them)")
 
 
-def load_data(case: Case) -> Inputs:
-    """The explicit arrays of a data-backed case, verified against its SHA-256 and its shapes and dtypes."""
+def load_data(case: Case, base: Path | None = None) -> Inputs:
+    """The explicit arrays of a data-backed case, verified against its SHA-256 and its shapes and dtypes; the file is
+    looked for beside the case file first (`base`, its folder; see find_data_file)."""
     spec = case.regime["data"]
-    path = find_data_file(spec["file"])
+    path = find_data_file(spec["file"], spec["sha256"], base)
     raw = path.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
     if digest != spec["sha256"]:
@@ -106,6 +124,7 @@ def load_data(case: Case) -> Inputs:
             raise InputDataError(f"{path}: {k} is {a.dtype}{list(a.shape)}, the case needs {transport_dtype(dtype)}{list(shape)}")
         if dtype == "bfloat16" and not np.array_equal(round_to(a.astype(np.float64), "bfloat16"), a, equal_nan=True):
             raise InputDataError(f"{path}: {k} holds values that are not bfloat16")
+    _VERIFIED[spec["sha256"]] = path.resolve()
     return arrays
 
 

@@ -521,7 +521,7 @@ def _check_formula(case: Case, inputs: dict[str, np.ndarray], expected: dict[str
 
 # ---- entry points -------------------------------------------------------------------------------------------
 def import_onnx(out_dir: Path) -> ImportReport:
-    """Build the onnx-conformance suite under `out_dir` (normally the cases/ folder) from the installed onnx.
+    """Build the onnx-conformance suite under `out_dir` (normally the package's suites/ folder) from the installed onnx.
 
     Writes <out_dir>/onnx-conformance.jsonl, <out_dir>/onnx-conformance/<test>.npz (the case inputs) and
     <test>.expected.npz (ONNX's expected outputs), deletes stale .npz files in that folder, and returns the
