@@ -146,7 +146,7 @@ def test_other_commands_that_write_fail_with_one_line(tmp_path: Path) -> None:
     """A suite that does not fit: `bncheck generate` ends with one line, exit 3, and no partial file."""
     line = _one_line_error(_limited(2_000, "generate", "random", "many", "-n", "200", "--out", str(tmp_path / "cases"),
                                     cwd=tmp_path), start=f"bncheck: error: {tmp_path / 'cases' / 'many.jsonl'}: ")
-    assert line.endswith("File too large; free some space, check the permissions, or choose another location"), line
+    assert line.endswith("File too large; free some space or choose another location"), line
     assert list((tmp_path / "cases").glob("*")) == []
 
 
@@ -166,3 +166,15 @@ def test_an_output_folder_removed_mid_run_is_one_line_saying_so(tmp_path: Path) 
     line = _one_line_error(r)
     assert line == (f"bncheck: error: cannot write: {out / 'results.json'}: No such file or directory; the results "
                     "store is gone too: run the command again"), stderr
+
+
+def test_a_read_only_output_folder_is_not_told_to_free_space(tmp_path: Path) -> None:
+    """EACCES/EROFS get advice about permissions, not about space."""
+    import errno
+
+    from bncheck.files import WriteError, advice
+
+    assert "permissions" in advice(WriteError(errno.EACCES, "Permission denied", "x")) and "space" not in advice(
+        WriteError(errno.EACCES, "Permission denied", "x"))
+    assert "read-only" in advice(OSError(errno.EROFS, "Read-only file system"))
+    assert "space" in advice(OSError(errno.ENOSPC, "No space left on device"))

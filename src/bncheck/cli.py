@@ -19,9 +19,9 @@ from typing import Any, Callable
 import click
 
 from . import targets as registry
-from .cases import CaseFileError, load_cases
-from .files import disk_failure
-from .store import FILENAME, Store, StoreError
+from .cases import CaseFileError
+from .files import advice, disk_failure
+from .store import FILENAME
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
 MAX_CAUSES_PRINTED = 20
@@ -72,6 +72,8 @@ def shrink_time_option(default: float) -> Callable[[Any], Any]:
                              "execution it is on once the time is up).")
 
 
+repro_option = click.option("--repro/--no-repro", "repro", default=True, show_default=True,
+                            help="Write a standalone reproduction script per finding under OUT/repro/.")
 timeout_option = click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(min=0.1),
                               help="Seconds one case may take on one target before its worker is killed.")
 
@@ -80,14 +82,21 @@ class _Commands(click.Group):
     """The command group: a full, read-only or failing disk ends any command with one line and exit status 3."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        """Run the command; a disk failure becomes a Failure (a traceback would also exit 1, "deviations found")."""
+        """Run the command; a disk failure becomes a Failure (a traceback would also exit 1, "deviations found"), and
+        Ctrl-C or SIGTERM exits 130 or 143 (click's own "Aborted!" would exit 1)."""
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt as e:
+            import signal
+
+            signum = signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT
+            click.echo(f"bncheck: interrupted ({signal.Signals(signum).name})", err=True)
+            sys.exit(128 + signum)
         except (OSError, sqlite3.Error) as e:
             what = disk_failure(e)
             if what is None:
                 raise
-            raise Failure(f"{what}; free some space, check the permissions, or choose another location", EXIT_INFRA) from None
+            raise Failure(f"{what}{advice(e)}", EXIT_INFRA) from None
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -163,216 +172,11 @@ def _summary_table(doc: dict[str, Any]) -> str:
     return "\n".join("  ".join(v.ljust(w) if i in (0, 7) else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows)
 
 
-def _resume_plan(out: str, resume: str) -> tuple[Store, str]:
-    """Open the store of a run to resume: (store, run id); usage errors name what exists."""
-    path = Path(out) / FILENAME
-    if not path.is_file():
-        raise Failure(f"--resume {resume}: no results store at {path} (nothing to resume; pass the --out directory "
-                      "of the interrupted run)", EXIT_USAGE)
-    try:
-        store = Store(path)
-    except StoreError as e:
-        raise Failure(f"cannot use output directory {out}: {e}", EXIT_INFRA) from None
-    runs = store.runs()
-    if resume == "latest":
-        run_id = store.latest_run()
-    else:
-        matches = [r for r in runs if r.startswith(resume)]
-        run_id = matches[0] if len(matches) == 1 else None
-    if run_id is None:
-        store.close()
-        listed = ", ".join(runs[-5:]) or "none"
-        raise Failure(f"--resume {resume}: no such run in {path} (latest runs: {listed}; or use --resume latest)", EXIT_USAGE)
-    return store, run_id
-
-
-class _Interrupted(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: the run is recorded as interrupted and its reports are written."""
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _Interrupted()
-
-
-class _PhaseClock:
-    """Wall time of a command's phases, in order: lap(name) closes the phase that began at the previous lap."""
-
-    def __init__(self) -> None:
-        self.start = self.last = time.perf_counter()
-        self.phases: dict[str, float] = {}
-
-    def lap(self, name: str) -> None:
-        """The phase `name` ends now."""
-        now = time.perf_counter()
-        self.phases[name] = self.phases.get(name, 0.0) + now - self.last
-        self.last = now
-
-    def laps(self, until_now: str | None = None) -> dict[str, float]:
-        """Every phase in seconds (rounded to 0.1 ms), `until_now` (when given) ending now, and the total."""
-        if until_now:
-            self.lap(until_now)
-        return {**{k: round(v, 4) for k, v in self.phases.items()}, "total": round(self.last - self.start, 4)}
-
-
-def _run(sources: list[str], pattern: str | None, out: str, timeout: float, plugins: tuple[str, ...], shrink: int = 12,
-         memory_limit: float | None = None, resume: str | None = None, given: frozenset[str] = frozenset(),
-         shrink_time: float = 90.0) -> int:
-    """Run (or, with `resume`, complete) a suite; `given` names the options the user set explicitly."""
-    import signal
-
-    from .cases import CaseError, case_from_dict
-    from .pool import memory_limit_bytes
-    from .report.html import write_html
-    from .report.junit import write_junit
-    from .report.results import build_results, finalise_findings, write_results
-    from .repro import write_finding_repros
-    from .runner import (PlanError, check_plan, discover, execute, manifest_for, pending_pairs, resume_state,
-                         shrink_in_parallel)
-
-    store: Store | None = None
-    run_id = ""
-    interrupted = 0  # 128 + the signal that ended the run early
-    resumable = bool(resume)  # the run's cases are stored: --resume can complete it
-    clock = _PhaseClock()
-    if resume:
-        store, run_id = _resume_plan(out, resume)
-        opts = store.run_options(run_id)
-        plugins = tuple(dict.fromkeys([*opts.get("plugins", []), *plugins]))
-        timeout = timeout if "timeout" in given else opts.get("timeout", timeout)
-        memory_limit = memory_limit if "memory_limit" in given else opts.get("memory_limit_gib", memory_limit)
-        shrink = shrink if "shrink" in given else opts.get("shrink", shrink)
-        shrink_time = shrink_time if "shrink_time" in given else opts.get("shrink_time", shrink_time)
-        try:
-            cases = [case_from_dict(d) for _, d in store.cases(run_id)]
-        except CaseError as e:
-            store.close()
-            raise Failure(f"run {run_id}: a stored case no longer validates ({e}); start a new run", EXIT_USAGE) from None
-        wanted = [t["name"] for t in store.targets(run_id) if t["available"]]
-        pattern = ",".join(wanted)
-        sources = store.run(run_id)["sources"]
-        if not cases or not wanted:
-            store.close()
-            raise Failure(f"run {run_id} has no cases or no available targets to complete", EXIT_USAGE)
-    else:
-        try:
-            cases = load_cases(sources)
-        except CaseFileError as e:
-            raise Failure(str(e), EXIT_USAGE) from None
-        if not cases:
-            raise Failure(f"no cases in {', '.join(sources)} (add one JSON object per line)", EXIT_USAGE)
-    try:
-        _load_plugins(plugins)
-    except Failure:
-        if store is not None:
-            store.close()
-        raise
-    limit = memory_limit_bytes(memory_limit)
-    discovery = discover(pattern, list(plugins), memory_limit=limit)
-    clock.lap("starting frameworks")
-    previous = None
-    try:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    except ValueError:  # not the main thread (an embedding caller): no handler
-        pass
-    try:
-        try:
-            check_plan(discovery, pattern)
-        except PlanError as e:
-            raise Failure(str(e), e.status) from None
-        out_dir = Path(out)
-        done: set[tuple[str, str]] = set()
-        broken: dict[str, str] = {}
-        consecutive: dict[str, int] = {}
-        if store is None:
-            try:
-                out_dir.mkdir(parents=True, exist_ok=True)
-                store = Store(out_dir / FILENAME)
-            except (OSError, StoreError) as e:
-                raise Failure(f"cannot use output directory {out}: {e}", EXIT_INFRA) from None
-            command = "bncheck " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-            run_id = store.begin_run(command, sources, manifest_for(discovery))
-            store.set_run_options(run_id, {"plugins": list(plugins), "pattern": pattern, "timeout": timeout,
-                                           "memory_limit_gib": memory_limit, "shrink": shrink,
-                                           "shrink_time": shrink_time})
-            store.add_targets(run_id, discovery.rows)
-            store.add_cases(run_id, [(c.case_id, c.canonical_json()) for c in cases])
-            resumable = True
-            click.echo(f"bncheck: {len(cases)} cases x {len(discovery.runnable)} targets "
-                       f"({', '.join(t.name for t in discovery.runnable)})", err=True)
-        else:
-            done, broken, consecutive = resume_state(store, run_id)
-            have = {t.name for t in discovery.runnable}
-            stored = {t["name"]: t for t in store.targets(run_id)}
-            for name in sorted(set(pattern.split(",")) - have):
-                click.echo(f"bncheck: warning: {name} of run {run_id} is not available now; its missing executions stay missing", err=True)
-            for r in discovery.rows:
-                if r["available"] and r["name"] in stored and stored[r["name"]]["version"] != r["version"]:
-                    click.echo(f"bncheck: warning: {r['name']} is {r['version']} now, {stored[r['name']]['version']} in run "
-                               f"{run_id}: the run mixes versions", err=True)
-            store.reopen_run(run_id)
-            missing = pending_pairs(cases, discovery.runnable, done)
-            store.add_event(run_id, "resumed", "", f"{missing} executions missing")
-            click.echo(f"bncheck: resuming run {run_id}: {missing} of {len(cases) * len(discovery.runnable)} executions "
-                       f"missing ({len(cases)} cases x {len(discovery.runnable)} targets)", err=True)
-        skipped: dict[str, list[str]] = {}
-        for r in discovery.rows:
-            if not r["available"]:
-                skipped.setdefault(r["reason"], []).append(r["name"])
-        for reason, names in sorted(skipped.items()):
-            click.echo(f"bncheck: skipping {', '.join(names)}: {reason}", err=True)
-        status = "interrupted"
-        try:
-            total = pending_pairs(cases, discovery.runnable, done)
-            try:
-                execute(store, run_id, cases, discovery, timeout, on_result=_progress(total), done=done, broken=broken,
-                        consecutive=consecutive)
-            except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: what is stored stays, the reports say 'interrupted'
-                interrupted = 128 + (signal.SIGTERM if isinstance(e, _Interrupted) else signal.SIGINT)
-                click.echo(f"\nbncheck: interrupted; {len(store.execution_statuses(run_id))} executions are stored", err=True)
-            clock.lap("executing")
-            complete = pending_pairs(cases, discovery.runnable, {(c, t) for c, t, _ in store.execution_statuses(run_id)}) == 0
-            status = "complete" if not interrupted and complete and (not resume or set(pattern.split(",")) <= {t.name for t in discovery.runnable}) else "interrupted"
-        finally:
-            store.finish_run(run_id, status)
-            broken = store.broken_targets(run_id)
-            doc = build_results(store, run_id)
-            clock.lap("reports")
-            by_name = {t.name: t for t in discovery.runnable}
-            if shrink and status == "complete" and doc["findings"]:
-                click.echo(f"bncheck: shrinking {min(len(doc['findings']), 50)} findings (budget {shrink} executions each)", err=True)
-                shrink_in_parallel(doc, discovery, timeout, budget=shrink, seconds=shrink_time)
-                clock.lap("shrinking")
-            write_finding_repros(doc, out_dir, by_name)
-            finalise_findings(store, run_id, doc, out_dir)  # case files, the store's findings table
-            # this invocation's phases (a resumed run's: the resuming one's), up to writing the report files
-            doc["run"]["timings_s"] = clock.laps(until_now="reports")
-            write_results(doc, out_dir / "results.json")
-            write_html(doc, out_dir / "index.html")
-            write_junit(doc, out_dir / "results.xml")
-            store.close()
-            clock.lap("writing reports")
-            click.echo("bncheck: times: " + ", ".join(f"{k} {v:.1f} s" for k, v in clock.laps().items()), err=True)
-    except (OSError, sqlite3.Error) as e:  # the disk filled up (or failed) under the store or the reports
-        what = disk_failure(e)
-        if what is None:
-            raise
-        where = f" ({Path(out) / FILENAME})" if isinstance(e, sqlite3.Error) else ""
-        if not (Path(out) / FILENAME).exists():  # the output folder itself was removed
-            kept = "; the results store is gone too: run the command again"
-        elif resumable:
-            kept = (f"; run {run_id} keeps every execution committed before, and 'bncheck run --resume {run_id} --out "
-                    f"{out}' completes it once there is room")
-        else:
-            kept = "; run the command again once there is room"
-        raise Failure(f"cannot write{where}: {what}{kept}", EXIT_INFRA) from None
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        discovery.close()
-        if store is not None:
-            store.close()  # a no-op when the run's own finally closed it
+def _report(result: Any) -> None:
+    """The run's summary on stdout: the per-target table, the totals, the causes, where the files are."""
+    doc, out_dir = result.document, result.out
     click.echo(_summary_table(doc))
-    for name, reason in sorted(broken.items()):
+    for name, reason in sorted(result.broken.items()):
         click.echo(f"{name}: broken: {reason}")
     s = doc["summary"]
     bad = s["by_status"]["error"] + s["by_status"]["crash"] + s["by_status"]["timeout"]
@@ -381,20 +185,37 @@ def _run(sources: list[str], pattern: str | None, out: str, timeout: float, plug
     fc = s["findings"]
     if doc["findings"]:
         causes = doc["root_causes"]
-        click.echo(f"{len(doc['findings'])} findings: {fc['suspected-bug']} suspected-bug, {fc['precision']} precision, "
-                   f"{fc['convention']} convention; {len(causes)} causes (target x hypothesis):")
+        click.echo(f"{len(doc['findings'])} findings: " + ", ".join(f"{n} {c}" for c, n in fc.items())
+                   + f"; {len(causes)} causes (target x hypothesis):")
         for g in causes[:MAX_CAUSES_PRINTED]:
             regimes = ", ".join(g["regimes"][:3]) + (f" +{len(g['regimes']) - 3} more" if len(g["regimes"]) > 3 else "")
             click.echo(f"  {g['classification']:<13} {g['target']:<26} {g['hypothesis']:<42} {','.join(g['quantities'])} "
                        f"in {regimes} ({_plural(g['count'], 'execution')}, {_plural(len(g['findings']), 'finding')})")
         if len(causes) > MAX_CAUSES_PRINTED:
             click.echo(f"  ... {len(causes) - MAX_CAUSES_PRINTED} more in results.json and index.html")
-    if status != "complete":
-        click.echo(f"run {run_id} is incomplete; complete it with: bncheck run --resume {run_id} --out {out}")
-    click.echo(f"results: {out_dir / FILENAME}, {out_dir / 'results.json'}, {out_dir / 'index.html'}, {out_dir / 'results.xml'} (run {run_id})")
-    if interrupted:
-        return interrupted
-    return EXIT_FINDINGS if s["deviating_executions"] or bad else EXIT_OK
+    if result.status != "complete":
+        click.echo(f"run {result.run_id} is incomplete; complete it with: bncheck run --resume {result.run_id} "
+                   f"--out {shlex.quote(str(out_dir))}")
+    click.echo(f"results: {out_dir / FILENAME}, {out_dir / 'results.json'}, {out_dir / 'index.html'}, "
+               f"{out_dir / 'results.xml'} (run {result.run_id})")
+
+
+def _execute_run(call: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
+    """Call api.run/audit/resume with the CLI's log and progress; print the summary; the exit status."""
+    from . import api
+
+    log = lambda message: click.echo(message, err=True)  # noqa: E731
+    try:
+        result = call(*args, log=log, progress=_progress, **kwargs)
+    except api.Interrupted as e:
+        if e.result is not None:
+            _report(e.result)
+        click.echo(f"bncheck: {e}", err=True)
+        return e.status
+    except api.BncheckError as e:
+        raise Failure(str(e), e.status) from None
+    _report(result)
+    return api.exit_status(result)
 
 
 memory_option = click.option("--memory-limit", "memory_limit", default=None, type=click.FloatRange(min=0), metavar="GIB",
@@ -418,10 +239,11 @@ def _given(ctx: click.Context, *names: str) -> frozenset[str]:
 @click.option("--resume", "resume", default=None, metavar="RUN_ID",
               help="Complete an interrupted run stored in --out (a run id, a unique prefix, or 'latest'): only the "
                    "missing executions run, then the reports are rewritten.")
+@repro_option
 @plugin_option
 @click.pass_context
 def run(ctx: click.Context, casefiles: tuple[str, ...], pattern: str | None, out: str, timeout: float, shrink: int,
-        shrink_time: float, memory_limit: float | None, resume: str | None, plugins: tuple[str, ...]) -> None:
+        shrink_time: float, memory_limit: float | None, resume: str | None, repro: bool, plugins: tuple[str, ...]) -> None:
     """Run case files (or shipped suite names such as 'smoke') on every matching available target."""
     if resume and casefiles:
         raise Failure("--resume takes no CASEFILE (the run's cases and targets are in its store)", EXIT_USAGE)
@@ -429,8 +251,19 @@ def run(ctx: click.Context, casefiles: tuple[str, ...], pattern: str | None, out
         raise Failure("--resume takes no --targets (a resumed run completes the targets it started with)", EXIT_USAGE)
     if not resume and not casefiles:
         raise Failure("give at least one CASEFILE or suite name (e.g. 'bncheck run smoke'), or --resume RUN_ID", EXIT_USAGE)
-    given = _given(ctx, "timeout", "shrink", "shrink_time", "memory_limit")
-    sys.exit(_run(list(casefiles), pattern, out, timeout, plugins, shrink, memory_limit, resume, given, shrink_time))
+    from . import api
+
+    if resume:
+        given = _given(ctx, "timeout", "shrink", "shrink_time", "memory_limit", "repro")
+        values = {"timeout": timeout, "shrink": shrink, "shrink_time": shrink_time, "memory_limit": memory_limit,
+                  "repro": repro}
+        overrides: dict[str, Any] = {k: v for k, v in values.items() if k in given}
+        if plugins:
+            overrides["plugins"] = plugins
+        sys.exit(_execute_run(api.resume, resume, out=out, overrides=overrides))
+    options = api.RunOptions(targets=pattern, timeout=timeout, shrink=shrink, shrink_time=shrink_time,
+                             memory_limit=memory_limit, plugins=plugins, repro=repro)
+    sys.exit(_execute_run(api.run, list(casefiles), out=out, options=options))
 
 
 @main.command()
@@ -441,12 +274,17 @@ def run(ctx: click.Context, casefiles: tuple[str, ...], pattern: str | None, out
 @shrink_option
 @shrink_time_option(20.0)
 @memory_option
+@repro_option
 @plugin_option
 def audit(suite: str, pattern: str | None, out: str, timeout: float, shrink: int, shrink_time: float,
-          memory_limit: float | None, plugins: tuple[str, ...]) -> None:
+          memory_limit: float | None, repro: bool, plugins: tuple[str, ...]) -> None:
     """Run the shipped default suite on every available target and write the report (complete an interrupted
     audit with 'bncheck run --resume latest --out DIR'); it shrinks findings for 20 s, a run for 90 s."""
-    sys.exit(_run([suite], pattern, out, timeout, plugins, shrink, memory_limit, shrink_time=shrink_time))
+    from . import api
+
+    options = api.RunOptions(targets=pattern, timeout=timeout, shrink=shrink, shrink_time=shrink_time,
+                             memory_limit=memory_limit, plugins=plugins, repro=repro)
+    sys.exit(_execute_run(api.audit, suite, out=out, options=options))
 
 
 # ---- generate -----------------------------------------------------------------------------------
@@ -758,5 +596,21 @@ def replay(case_id: str, target_name: str, sources: tuple[str, ...], out: str, t
     sys.exit(status)
 
 
-if __name__ == "__main__":
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside a run's own handling: stops the command like Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def entry() -> None:
+    """The console script: SIGTERM stops any command like Ctrl-C from the start (a run installs its own handling)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     main()
+
+
+if __name__ == "__main__":
+    entry()

@@ -62,3 +62,28 @@ def disk_failure(e: BaseException) -> str | None:
         reason = os.strerror(e.errno) if e.errno else (e.strerror or "could not be written")
         return f"{e.filename}: {reason}" if e.filename else reason
     return None
+
+
+def advice(e: BaseException) -> str:
+    """What to do about a disk or file-system refusal, by its errno or SQLite code: '; free some space', ..."""
+    if isinstance(e, sqlite3.Error):
+        if _sqlite_is(e, {13: "disk is full"}):
+            return "; free some space or choose another location"
+        if _sqlite_is(e, {8: "readonly database"}):
+            return "; the file or its folder is read-only: check the permissions, or choose another location"
+        if _sqlite_is(e, {5: "database is locked", 6: "database table is locked"}):
+            return "; another process holds the results store: wait for it, or choose another location"
+        if _sqlite_is(e, {10: "disk I/O error"}):  # SQLite says no more: a full disk, a file-size limit or a failing one
+            return "; free some space or check the disk, or choose another location"
+        return "; check the disk and the permissions, or choose another location"
+    if not isinstance(e, OSError):
+        return ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return "; free some space or choose another location"
+    if e.errno == errno.EROFS:
+        return "; the file system is read-only: choose another location"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "; check the permissions, or choose another location"
+    if e.errno == errno.EIO:
+        return "; the disk reported an I/O error: check it, or choose another location"
+    return "; choose another location"

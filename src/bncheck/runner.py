@@ -532,9 +532,10 @@ def execute(
 
 
 def shrink_in_parallel(doc: dict[str, Any], discovery: Discovery, timeout: float, budget: int, limit: int = 50,
-                       seconds: float = 90.0) -> None:
+                       seconds: float = 90.0, cancel: threading.Event | None = None) -> None:
     """shrink.shrink_findings on the first `limit` findings, one thread per lane, so that frameworks shrink at the same time."""
-    # the lanes are those of plan_lanes; each keeps shrink_findings' time limit of `seconds`
+    # the lanes are those of plan_lanes; each keeps shrink_findings' time limit of `seconds`; once `cancel` is set,
+    # no lane starts another execution
     from .shrink import shrink_findings
 
     top = doc["findings"][:limit]
@@ -555,7 +556,7 @@ def shrink_in_parallel(doc: dict[str, Any], discovery: Discovery, timeout: float
                 _warm(lane.worker)
             part = {"findings": findings, "cases": doc["cases"]}  # the findings are shrunk in place
             shrink_findings(part, by_name, {lane.worker.framework: lane.worker}, timeout, budget=budget,
-                            limit=len(findings), seconds=seconds)
+                            limit=len(findings), seconds=seconds, cancel=cancel)
         except Exception as e:  # shrinking is an extra: a failure leaves the findings as they were, and says so
             for f in findings:
                 f.setdefault("shrink", {"attempts": 0, "reduced": False, "from_case": f["minimal_case"],

@@ -7,6 +7,7 @@ no reduction keeps it or the budget of executions is spent.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -71,9 +72,9 @@ def _signature(case: Case, target: Target, worker: WorkerHandle, timeout: float)
 
 
 def shrink(case: Case, signature: str, target: Target, worker: WorkerHandle, timeout: float, budget: int = 30,
-           deadline: float | None = None) -> ShrinkResult:
-    """The smallest variant of `case` found within `budget` executions (and before time.monotonic() passes `deadline`)
-    whose diagnosis keeps `signature`."""
+           deadline: float | None = None, cancel: threading.Event | None = None) -> ShrinkResult:
+    """The smallest variant of `case` found within `budget` executions (and before time.monotonic() passes `deadline`,
+    or `cancel` is set) whose diagnosis keeps `signature`."""
     import time
 
     current, attempts, reduced, deviating = case, 0, False, []
@@ -81,7 +82,8 @@ def shrink(case: Case, signature: str, target: Target, worker: WorkerHandle, tim
     while progress and attempts < budget:
         progress = False
         for change in reductions(current):
-            if attempts >= budget or (deadline is not None and time.monotonic() > deadline):
+            if attempts >= budget or (deadline is not None and time.monotonic() > deadline) or (
+                    cancel is not None and cancel.is_set()):
                 break
             try:
                 candidate = current.replace(**change)
@@ -98,10 +100,12 @@ def shrink(case: Case, signature: str, target: Target, worker: WorkerHandle, tim
 
 
 def shrink_findings(doc: dict[str, Any], targets: dict[str, Target], workers: dict[str, WorkerHandle],
-                    timeout: float, budget: int = 12, limit: int = 50, seconds: float = 90.0) -> int:
+                    timeout: float, budget: int = 12, limit: int = 50, seconds: float = 90.0,
+                    cancel: threading.Event | None = None) -> int:
     """Shrink the smallest case of up to `limit` findings in a results document, in place; returns how many shrank.
 
-    Suspected bugs first (the order of the findings list); after `seconds` no new execution starts.
+    Suspected bugs first (the order of the findings list); after `seconds`, or once `cancel` is set, no new
+    execution starts.
     """
     import time
 
@@ -110,19 +114,22 @@ def shrink_findings(doc: dict[str, Any], targets: dict[str, Target], workers: di
     shrunk = 0
     stop = time.monotonic() + seconds
     for f in doc["findings"][:limit]:
-        if time.monotonic() > stop:
-            f["shrink"] = {"attempts": 0, "reduced": False, "from_case": f["minimal_case"], "skipped": "time limit"}
+        if time.monotonic() > stop or (cancel is not None and cancel.is_set()):
+            f["shrink"] = {"attempts": 0, "reduced": False, "from_case": f["minimal_case"],
+                           "skipped": "time limit" if time.monotonic() > stop else "interrupted"}
             continue
         target = targets.get(f["target"])
         worker = workers.get(target.framework) if target else None
         f["shrink"] = {"attempts": 0, "reduced": False, "from_case": f["minimal_case"]}
         if target is None or worker is None:
+            f["shrink"]["skipped"] = "its target is not running now"
             continue
         case_d = {k: v for k, v in doc["cases"][f["minimal_case"]].items() if k not in ("description", "metrics")}
         start = case_from_dict(case_d)
         if "data" in start.regime:  # explicit data cannot be resized
+            f["shrink"]["skipped"] = "a data-backed case is not resized"
             continue
-        result = shrink(start, f["signature"], target, worker, timeout, budget, deadline=stop)
+        result = shrink(start, f["signature"], target, worker, timeout, budget, deadline=stop, cancel=cancel)
         f["shrink"].update(attempts=result.attempts, reduced=result.reduced, deviating=result.deviating)
         if result.reduced:
             cid = result.case.case_id

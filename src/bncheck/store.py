@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from .files import disk_failure, not_a_database
+from .files import advice, disk_failure, not_a_database
 
 SCHEMA_VERSION = 2  # 2: the findings table
 FILENAME = "results.sqlite"
@@ -103,7 +103,7 @@ class Store:
                     self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(version),))
         except sqlite3.DatabaseError as e:
             if disk_failure(e) and not not_a_database(e):  # the disk, not the file: full, read-only, failing
-                raise StoreError(f"{self.path}: {e}; free some space or choose another --out directory") from None
+                raise StoreError(f"{self.path}: {e}{advice(e)}") from None
             raise StoreError(f"{self.path}: not a usable bncheck results file ({e}); choose another --out directory") from None
 
     def close(self) -> None:
