@@ -193,3 +193,22 @@ def test_audit_default_suite(tmp_path, cli):
         assert o["follows"] == o["declared"], (name, o)  # every target follows its documented convention
     assert doc["summary"]["by_status"]["error"] == doc["summary"]["by_status"]["crash"] == 0
     assert doc["summary"]["cases"] >= 90
+
+
+def test_replay_measures_errors_against_the_exact_reference_as_the_verdict(tmp_path, cli):
+    """Every printed |error| is against the exact reference: their maximum is the verdict's max_abs."""
+    import re
+
+    cases = tmp_path / "c.jsonl"
+    cases.write_text(json.dumps({"shape": [2, 3], "mode": "eval", "dtype": "float16", "param_dtype": "float32",
+                                 "seed": 5}) + "\n")
+    case_id = next(iter(__import__("bncheck.cases", fromlist=["load_case_file"]).load_case_file(cases))).case_id
+    r = cli("replay", case_id, "--target", "faulty.numpy@cpu", "--plugin", "faulty_plugin", "--cases", str(cases),
+            "--elements", "100")
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines()]
+    y = [float(row[-2]) for row in rows if len(row) >= 5 and re.fullmatch(r"\d+", row[-5] if row[0] != "eval.y" else row[1])]
+    max_line = next(line for line in r.stdout.splitlines() if "pass" in line and "abs" in line)
+    max_abs = float(re.search(r"abs ([0-9.e+-]+)", max_line).group(1))
+    assert y and max(y) > 0  # a float16 result cannot equal the exact float64 value everywhere
+    assert abs(max(y) - max_abs) <= 0.01 * max_abs

@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from types import SimpleNamespace
@@ -135,16 +136,32 @@ def test_worse_and_expired_give_one_line_with_both_reasons():
     assert "1 worse, 1 expired" in d.lines()[-1]
 
 
-def test_fixed_and_unchecked_findings_are_reported_not_failing():
-    r = results([finding("aaa", 50.0)], [execution(target="t.bn@cpu")])
-    base = baseline_of(accept("aaa", 50.0), accept("gone", 7.0), accept("gpu", 3.0, target="t.bn@cuda"))
+def test_fixed_and_not_run_findings_are_reported_not_failing():
+    """Fixed needs the target to have executed one of the entry's cases; otherwise not-run, with the reason."""
+    r = results([finding("aaa", 50.0)], [execution(target="t.bn@cpu"), execution("c9", target="t.bn@cpu",
+                                                                                   status="unsupported")])
+    base = baseline_of(accept("aaa", 50.0), accept("gone", 7.0, cases=["c0"]), accept("gpu", 3.0, target="t.bn@cuda"),
+                       accept("other", 2.0, cases=["zz"]), accept("unsupp", 2.0, cases=["c9"]))
     d = decide(r, base, Policy(), TODAY)
     assert d.passed
-    assert [i.signature for i in d.fixed] == ["gone"] and [i.signature for i in d.unchecked] == ["gpu"]
+    assert [i.signature for i in d.fixed] == ["gone"]
+    assert [i.signature for i in d.not_run] == ["gpu", "other", "unsupp"]
     lines = d.lines()
-    assert any(line.startswith("fixed gone t.bn@cpu y") and "absent from this run" in line for line in lines)
-    assert any(line.startswith("unchecked gpu") and "target t.bn@cuda did not run" in line for line in lines)
-    assert "1 accepted, 1 fixed, 1 unchecked" in lines[-1]
+    assert any(line.startswith("fixed gone t.bn@cpu y") and "absent from this run, which ran t.bn@cpu on its case c0"
+               in line for line in lines)
+    assert any(line.startswith("not-run gpu") and "target t.bn@cuda did not run" in line for line in lines)
+    assert any(line.startswith("not-run other") and "none of its 1 cases is in this run" in line for line in lines)
+    assert any(line.startswith("not-run unsupp") and "did not execute on t.bn@cpu" in line for line in lines)
+    assert "1 accepted, 1 fixed, 3 not-run" in lines[-1]
+
+
+def test_an_entry_without_cases_is_fixed_only_where_its_regime_ran():
+    """Old baselines have no case ids: the regime decides."""
+    r = results([], [execution()])
+    r["cases"] = {"c0": {"regime": {"name": "standard"}}}
+    base = baseline_of(accept("std", 1.0), accept("hz", 1.0, regime="mean-offset-1e4"))
+    d = decide(r, base, Policy(), TODAY)
+    assert [i.signature for i in d.fixed] == ["std"] and [i.signature for i in d.not_run] == ["hz"]
 
 
 def test_errors_crashes_and_timeouts_are_pseudo_findings():
@@ -247,7 +264,7 @@ def test_diff_new_fixed_changed():
     assert d.unchanged == 1 and d.versions == [("torch", "2.12.0", "2.13.0")]
     lines = d.lines()
     assert lines[0] == "diff A -> B" and "version torch: 2.12.0 -> 2.13.0" in lines
-    assert lines[-1] == "2 new, 1 fixed, 2 changed, 1 unchanged"
+    assert lines[-1] == "2 new, 1 fixed, 0 not-run, 2 changed, 1 unchanged"
     assert [x.signature for x, _, _ in diff(b, a).changed] == ["grew", "more"]  # shrinking by > factor is a change too
     assert not diff(a, b, factor=20).changed[0][2][0].startswith("worst")
 
@@ -320,21 +337,24 @@ def bn(*args: str) -> SimpleNamespace:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Real runs of the faulty target: A (a y deviation, an error), B = A + a new running-variance fault,
-    C = A again, D = A with the y deviation about 50 times larger, E = the clean case only."""
+    C = A again, D = A with the y deviation about 50 times larger, E = A's cases with the faults fixed, F = the
+    clean case only (A's faulty cases not run)."""
     from conftest import run_cli
 
     root = tmp_path_factory.mktemp("gate")
-    seeds = {"A": [1, 120, 101], "B": [1, 120, 101, 122], "C": [1, 120, 101], "D": [1, 121, 101], "E": [1]}
+    seeds = {"A": [1, 120, 101], "B": [1, 120, 101, 122], "C": [1, 120, 101], "D": [1, 121, 101], "E": [1, 120, 101],
+             "F": [1]}
     def run(name: str):
         cases = write_jsonl(root / f"{name}.jsonl", [{**CASE, "seed": s, **({"mode": "trajectory", "steps": 2} if s == 122 else {})}
                                                     for s in seeds[name]])
-        return run_cli("run", str(cases), "--out", str(root / name), *FAULTY)
+        return run_cli("run", str(cases), "--out", str(root / name), *FAULTY,
+                       env={"BNCHECK_FAULTY_FIXED": "1"} if name == "E" else None)
 
     with ThreadPoolExecutor(max_workers=3) as pool:  # independent runs, each in its own process and folder
         done = dict(zip(seeds, pool.map(run, seeds)))
     out = {}
     for name, r in done.items():
-        assert r.returncode == (0 if name == "E" else 1), r.stderr
+        assert r.returncode == (0 if name in "EF" else 1), r.stderr
         out[name] = root / name
     r = run_cli("baseline", str(out["A"]), "--out", str(root / "baseline.json"))
     assert r.returncode == 0, r.stderr
@@ -367,13 +387,20 @@ def test_gate_fails_on_new_fault_and_names_it(runs, cli):
 def test_gate_passes_the_same_run_without_the_fault(runs, cli):
     r = cli("gate", "--baseline", str(runs["baseline"]), str(runs["C"] / "results.json"))  # a results.json path works too
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.startswith("gate passed: 0 failing") and "2 accepted" in r.stdout
+    assert r.stdout.splitlines()[-1].startswith("gate passed: 0 failing") and "2 accepted" in r.stdout
 
 
 def test_gate_fails_on_expired_acceptance(runs):
     expired = runs["root"] / "expired.json"
     r = bn("baseline", str(runs["A"]), "--out", str(expired), "--reason", "upstream issue 123", "--expires", "2000-01-31")
-    assert r.returncode == 0 and "expiring after 2000-01-31" in r.stdout
+    assert r.returncode == 2 and "that day has passed" in r.stderr and not expired.exists()  # refused when written
+    today = date.today().isoformat()
+    r = bn("baseline", str(runs["A"]), "--out", str(expired), "--reason", "upstream issue 123", "--expires", today)
+    assert r.returncode == 0 and f"expiring after {today}" in r.stdout
+    base = json.loads(expired.read_text())
+    for a in base["accepted"]:
+        a["expires"] = "2000-01-31"  # as if the file had lain in the repository since
+    expired.write_text(json.dumps(base))
     assert {a["reason"] for a in json.loads(expired.read_text())["accepted"]} == {"upstream issue 123"}
     r = bn("gate", "--baseline", str(expired), str(runs["C"]))
     assert r.returncode == 1
@@ -391,21 +418,38 @@ def test_gate_worse_factor(runs):
 
 
 def test_gate_reports_fixed_findings_without_failing(runs):
+    """E ran the accepted findings' cases and they pass now: fixed, and said to have run there."""
     r = bn("gate", "--baseline", str(runs["baseline"]), str(runs["E"]))
     assert r.returncode == 0, r.stdout
     fixed = [line for line in r.stdout.splitlines() if line.startswith("fixed")]
     assert len(fixed) == 2 and any("error: ValueError: injected failure" in line for line in fixed)
-    assert "0 accepted, 2 fixed" in r.stdout
+    assert all("which ran faulty.numpy@cpu on its case" in line for line in fixed)
+    assert "0 accepted, 2 fixed, 0 not-run" in r.stdout
+
+
+def test_what_did_not_run_is_not_run_never_fixed(runs):
+    """F ran another suite (only the clean case): the accepted findings are not-run, and the gate says the suites differ."""
+    r = bn("gate", "--baseline", str(runs["baseline"]), str(runs["F"]))
+    assert r.returncode == 0, r.stdout
+    lines = r.stdout.splitlines()
+    assert not [line for line in lines if line.startswith("fixed")]
+    not_run = [line for line in lines if line.startswith("not-run")]
+    assert len(not_run) == 2 and all("is in this run (another suite?)" in line for line in not_run)
+    assert lines[0].startswith("note: the suites differ: the baseline's run ran ") and "F.jsonl" in lines[0]
+    assert "0 fixed, 2 not-run" in lines[-1]
+    r = bn("diff", str(runs["A"]), str(runs["F"]))
+    assert "0 new, 0 fixed, 2 not-run, 0 changed, 0 unchanged" == r.stdout.splitlines()[-1]
+    assert any(line.startswith("note: the suites differ") for line in r.stdout.splitlines())
 
 
 def test_diff_command(runs):
     r = bn("diff", str(runs["A"]), str(runs["B"]))
     assert r.returncode == 0
     assert any(line.startswith("new ") and " running_var " in line for line in r.stdout.splitlines())
-    assert r.stdout.splitlines()[-1] == "1 new, 0 fixed, 0 changed, 2 unchanged"
+    assert r.stdout.splitlines()[-1] == "1 new, 0 fixed, 0 not-run, 0 changed, 2 unchanged"
     r = bn("diff", str(runs["A"]), str(runs["D"]))
     assert r.returncode == 0 and "changed" in r.stdout and "(more than 10 x)" in r.stdout
-    assert r.stdout.splitlines()[-1] == "0 new, 0 fixed, 1 changed, 1 unchanged"
+    assert r.stdout.splitlines()[-1] == "0 new, 0 fixed, 0 not-run, 1 changed, 1 unchanged"
 
 
 def test_junit_command(runs):
@@ -446,3 +490,38 @@ def test_gate_bad_input_exit_statuses(runs, tmp_path):
     notres.parent.mkdir()
     notres.write_text(json.dumps({"schema": "other"}))
     assert bn("gate", "--baseline", str(runs["baseline"]), str(notres.parent)).returncode == 2
+
+
+def test_junit_with_a_baseline_fails_exactly_what_the_gate_fails(runs):
+    """C against A's baseline: the gate passes and the JUnit file has no failure; B: one failure, the new fault."""
+    out = runs["root"] / "junit-c.xml"
+    r = bn("junit", str(runs["C"]), "--baseline", str(runs["baseline"]), "--out", str(out))
+    assert r.returncode == 0 and "(0 failing the gate)" in r.stdout, r.stdout + r.stderr
+    root = ET.parse(out).getroot()
+    assert (root.get("failures"), root.get("errors"), root.get("tests")) == ("0", "0", "3")
+    notes = [s.text for s in root.iter("system-out")]
+    assert len(notes) == 2 and all(n.startswith("accepted by the baseline (accepted from run ") for n in notes)
+    out = runs["root"] / "junit-b.xml"
+    assert bn("junit", str(runs["B"]), "--baseline", str(runs["baseline"]), "--out", str(out)).returncode == 0
+    root = ET.parse(out).getroot()
+    assert (root.get("failures"), root.get("errors")) == ("1", "0")
+    failure = next(root.iter("failure"))
+    assert "running_var" in failure.get("message")
+
+
+def test_junit_replay_command_works_as_written(runs):
+    """The failure body's replay line names the run folder and the plugin; run literally, it reproduces."""
+    import shlex
+
+    from conftest import run_cli
+
+    bn("junit", str(runs["B"]))
+    root = ET.parse(runs["B"] / "results.xml").getroot()
+    body = next(root.iter("failure")).text
+    replay = next(line for line in body.splitlines() if line.startswith("replay: "))[len("replay: "):]
+    page = next(line for line in body.splitlines() if line.startswith("finding page: "))[len("finding page: "):]
+    assert Path(page).is_file(), page
+    argv = shlex.split(replay)
+    assert argv[:2] == ["bncheck", "replay"] and "--plugin" in argv and "--out" in argv
+    r = run_cli(*argv[1:], cwd=runs["root"])
+    assert r.returncode == 1 and "DEVIATES" in r.stdout, r.stdout + r.stderr

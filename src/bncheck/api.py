@@ -598,7 +598,7 @@ class _Session:
                     doc["run"]["timings_s"] = self.clock.laps(until_now="reports")
                 write_results(doc, self.out / "results.json")
                 write_html(doc, self.out / "index.html")
-                write_junit(doc, self.out / "results.xml")
+                write_junit(doc, self.out / "results.xml", self.out)
             return True
         except KeyboardInterrupt as e:
             self.signals.note(e)

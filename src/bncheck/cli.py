@@ -480,6 +480,9 @@ def baseline_cmd(run_dir: str, out_file: str, reason: str | None, expires: str |
 
     doc, _ = _read_results(run_dir)
     until = _parse_date(expires, "--expires")
+    if until is not None and until < date.today():
+        raise Failure(f"--expires {expires}: that day has passed, so every acceptance would already have expired "
+                      "(give a date from today on)", EXIT_USAGE)
     try:
         base = make_baseline(doc, date.today(), reason, until)
     except GateInputError as e:
@@ -496,21 +499,17 @@ def baseline_cmd(run_dir: str, out_file: str, reason: str | None, expires: str |
                f"from run {base['from_run']}" + (f", expiring after {until.isoformat()}" if until else ""))
 
 
-@main.command("gate")
-@click.argument("run_dir", metavar="RUN_DIR")
-@click.option("--baseline", "baseline_file", required=True, type=click.Path(dir_okay=False),
-              help="Baseline JSON (written by 'bncheck baseline').")
-@factor_option
-@click.option("--fail-on", "fail_on", default=None, metavar="CLASSES",
-              help="Comma-separated classes that can fail the gate (default: all of suspected-bug, precision, "
-                   "convention, error, crash, timeout).")
-def gate_cmd(run_dir: str, baseline_file: str, worse_factor: float, fail_on: str | None) -> None:
-    """Fail (exit 1) when RUN_DIR has findings that are new, worse than accepted, or whose acceptance expired."""
+fail_on_option = click.option("--fail-on", "fail_on", default=None, metavar="CLASSES",
+                              help="Comma-separated classes that can fail the gate (default: all of suspected-bug, "
+                                   "precision, convention, error, crash, timeout).")
+
+
+def _decision(doc: dict[str, Any], run_dir: str, baseline_file: str, worse_factor: float, fail_on: str | None) -> Any:
+    """The gate's decision on a results document against a baseline file (usage errors exit 2)."""
     from datetime import date
 
     from .gate import GateInputError, Policy, decide, parse_classes
 
-    doc, _ = _read_results(run_dir)
     try:
         text = Path(baseline_file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -521,9 +520,21 @@ def gate_cmd(run_dir: str, baseline_file: str, worse_factor: float, fail_on: str
         raise Failure(f"baseline {baseline_file}: not valid JSON ({e.msg}, line {e.lineno})", EXIT_USAGE) from None
     try:
         policy = Policy(worse_factor=worse_factor, **({"fail_on": parse_classes(fail_on)} if fail_on is not None else {}))
-        decision = decide(doc, base, policy, date.today())
+        return decide(doc, base, policy, date.today())
     except GateInputError as e:
         raise Failure(f"{baseline_file if str(e).startswith('baseline') else run_dir}: {e}", EXIT_USAGE) from None
+
+
+@main.command("gate")
+@click.argument("run_dir", metavar="RUN_DIR")
+@click.option("--baseline", "baseline_file", required=True, type=click.Path(dir_okay=False),
+              help="Baseline JSON (written by 'bncheck baseline').")
+@factor_option
+@fail_on_option
+def gate_cmd(run_dir: str, baseline_file: str, worse_factor: float, fail_on: str | None) -> None:
+    """Fail (exit 1) when RUN_DIR has findings that are new, worse than accepted, or whose acceptance expired."""
+    doc, _ = _read_results(run_dir)
+    decision = _decision(doc, run_dir, baseline_file, worse_factor, fail_on)
     for line in decision.lines():
         click.echo(line)
     sys.exit(EXIT_OK if decision.passed else EXIT_FINDINGS)
@@ -552,19 +563,24 @@ def diff_cmd(run_a: str, run_b: str, factor: float) -> None:
 @click.argument("run_dir", metavar="RUN_DIR")
 @click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
               help="JUnit XML file to write (default: results.xml beside results.json).")
-def junit_cmd(run_dir: str, out_file: str | None) -> None:
+@click.option("--baseline", "baseline_file", default=None, type=click.Path(dir_okay=False),
+              help="Judge as 'bncheck gate' does: only what fails the gate is a failure (accepted deviations pass).")
+@factor_option
+@fail_on_option
+def junit_cmd(run_dir: str, out_file: str | None, baseline_file: str | None, worse_factor: float,
+              fail_on: str | None) -> None:
     """Write JUnit XML (one test case per case and target) from the results in RUN_DIR."""
     from .report.junit import write_junit
 
     doc, path = _read_results(run_dir)
+    decision = _decision(doc, run_dir, baseline_file, worse_factor, fail_on) if baseline_file else None
     target = Path(out_file) if out_file else path.with_name("results.xml")
     try:
-        write_junit(doc, target)
-    except (OSError, KeyError, TypeError, AttributeError) as e:
-        if isinstance(e, OSError):
-            raise Failure(f"cannot write {target}: {e.strerror or e}", EXIT_INFRA) from None
+        write_junit(doc, target, path.parent, decision)
+    except (KeyError, TypeError, AttributeError) as e:
         raise Failure(f"cannot write {target}: {e}", EXIT_USAGE) from None
-    click.echo(f"{target}: {len(doc.get('executions') or [])} test cases")
+    failures = "" if decision is None else f" ({len(decision.failing)} failing the gate)"
+    click.echo(f"{target}: {len(doc.get('executions') or [])} test cases{failures}")
 
 
 # ---- replay -------------------------------------------------------------------------------------

@@ -29,8 +29,12 @@ A gated item present in the run FAILS the gate when it is
   * worse: its worst ratio > worse_factor x the accepted `worst_ratio` ("inf" is worse than any finite
     ratio, never worse than an accepted "inf"; an accepted `null` ratio never gets worse);
   * expired: its acceptance has `expires` < today (an acceptance is valid through its `expires` day).
-An accepted item absent from the run is *fixed* when its target ran in this run, *unchecked* when it did
-not (a framework missing on the CI machine must not look like a fix); neither fails.
+An accepted item absent from the run is *fixed* only when this run executed its target on one of the cases it
+was seen on (the baseline entry's `cases`; for an entry without them, a case of its regime); otherwise it is
+*not-run*, with the reason (the target did not run, say a framework missing on the CI machine, or none of its
+cases was executed on it: another suite, an unsupported or failing case). Neither fails: what did not run must
+never look like a fix. When the run and the baseline's source run used different suites, targets or framework
+versions, the decision says so first (`context`).
 
 Baseline format (`bncheck.baseline`, version 1)
 -----------------------------------------------
@@ -44,9 +48,12 @@ Baseline format (`bncheck.baseline`, version 1)
          "target": "torch.nn@cpu",           # optional strings, informational (and "unchecked" detection)
          "quantity": "y", "hypothesis": "...", "classification": "...", "regime": "...",
          "worst_ratio": 4781.36 | "inf" | null,   # optional (null): the accepted size, a number >= 0
+         "cases": ["<case_id>", ...],        # optional: cases it was seen on (worst first; at most 20)
          "reason": "why this is accepted",   # optional string
          "expires": "YYYY-MM-DD" | null}     # optional (null: never)
-      ]
+      ],
+      "source": {"sources": [...], "targets": [...],   # optional: what the accepted run ran
+                 "versions": {"torch": "2.13.0", ...}}
     }
 Any other shape is rejected by `validate_baseline` with a one-line `GateInputError`.
 """
@@ -109,6 +116,7 @@ class Item:
     reason: str = ""
     fails: bool = False
     why: list[str] = field(default_factory=list)
+    cases: list[str] = field(default_factory=list)  # the cases it was seen on (worst first)
 
     def label(self) -> str:
         """'<signature> <target> <quantity> <hypothesis> [<classification>, <regime>]'."""
@@ -132,8 +140,9 @@ class GateDecision:
     expired: list[Item] = field(default_factory=list)
     fixed: list[Item] = field(default_factory=list)
     accepted: list[Item] = field(default_factory=list)
-    unchecked: list[Item] = field(default_factory=list)
+    not_run: list[Item] = field(default_factory=list)  # accepted, absent, and not executed by this run (why: Item.why)
     problems: list[str] = field(default_factory=list)  # run-level reasons to fail (an interrupted run)
+    context: list[str] = field(default_factory=list)  # how this run differs from the baseline's (suites, targets, ...)
     run_id: str = ""
 
     @property
@@ -147,7 +156,8 @@ class GateDecision:
 
     def lines(self) -> list[str]:
         """One line per failing item with every reason, then notes (non-gating, fixed, unchecked) and a summary."""
-        out = [f"FAIL run: {p}" for p in self.problems]
+        out = [f"note: {c}" for c in self.context]
+        out += [f"FAIL run: {p}" for p in self.problems]
         for it in self.failing:
             out.append(f"FAIL {it.label()}: {'; '.join(it.why)} ({it.seen(ratio=not any(w.startswith('worse') for w in it.why))})")
         notes: dict[str, Item] = {}
@@ -157,15 +167,16 @@ class GateDecision:
         for it in notes.values():
             out.append(f"note {it.label()}: {'; '.join(it.why)}; class {it.classification} does not fail the gate ({it.seen()})")
         for it in self.fixed:
-            out.append(f"fixed {it.label()}: accepted{_accepted_ratio(it)}, absent from this run")
-        for it in self.unchecked:
-            out.append(f"unchecked {it.label()}: accepted{_accepted_ratio(it)}; target {it.target} did not run")
+            out.append(f"fixed {it.label()}: accepted{_accepted_ratio(it)}, absent from this run, which ran "
+                       f"{'; '.join(it.why)}")
+        for it in self.not_run:
+            out.append(f"not-run {it.label()}: accepted{_accepted_ratio(it)}; {'; '.join(it.why)}")
         n_fail = len(self.failing)
         verdict = "passed" if self.passed else "FAILED"
         out.append(f"gate {verdict}: {n_fail} failing ({len([i for i in self.new if i.fails])} new, "
                    f"{len([i for i in self.worse if i.fails])} worse, {len([i for i in self.expired if i.fails])} expired"
                    f"{', run incomplete' if self.problems else ''}), {len(self.accepted)} accepted, "
-                   f"{len(self.fixed)} fixed, {len(self.unchecked)} unchecked"
+                   f"{len(self.fixed)} fixed, {len(self.not_run)} not-run"
                    f"{', ' + str(len(notes)) + ' not gating' if notes else ''}"
                    f"{' (run ' + self.run_id + ')' if self.run_id else ''}")
         return out
@@ -231,9 +242,12 @@ def gated_items(results: dict[str, Any]) -> dict[str, Item]:
             if ratio is not None and (prev.ratio is None or ratio > prev.ratio):
                 prev.ratio, prev.case_id = ratio, str(f["worst"].get("case_id", ""))
             continue
+        worst = str(f["worst"].get("case_id", ""))
+        seen = [c for c in f.get("cases") or [] if isinstance(c, str)]
         items[sig] = Item(sig, "finding", str(f.get("target", "")), str(f.get("quantity", "")),
                           str(f.get("hypothesis", "")), str(f.get("classification", "")), str(f.get("regime", "")),
-                          _count(f.get("count"), i), ratio, str(f["worst"].get("case_id", "")))
+                          _count(f.get("count"), i), ratio, worst,
+                          cases=list(dict.fromkeys([worst, *seen] if worst else seen)))
     for i, e in enumerate(results["executions"]):
         if not isinstance(e, dict):
             raise GateInputError(f"results: executions[{i}] is not an object")
@@ -247,11 +261,47 @@ def gated_items(results: dict[str, Any]) -> dict[str, Item]:
         if it is None:
             it = items[sig] = Item(sig, "execution", target, "-", first, status, "-", 0, None, str(e.get("case_id", "")))
         it.count += 1
+        if e.get("case_id") and len(it.cases) < MAX_BASELINE_CASES:
+            it.cases.append(str(e["case_id"]))
     return items
 
 
-def _targets_run(results: dict[str, Any]) -> set[str]:
-    return {str(e.get("target")) for e in results["executions"] if isinstance(e, dict)}
+class _Coverage:
+    """What a run executed: (case, target) pairs that ran to an observation, targets that ran anything, and the
+    regime of every case, to tell a fixed finding from one that was not run."""
+
+    def __init__(self, results: dict[str, Any]) -> None:
+        execs = [e for e in results["executions"] if isinstance(e, dict)]
+        self.targets = {str(e.get("target")) for e in execs}
+        self.ok = {(str(e.get("case_id")), str(e.get("target"))) for e in execs if e.get("status") == "ok"}
+        self.present = {(str(e.get("case_id")), str(e.get("target"))) for e in execs}
+        cases = results.get("cases") if isinstance(results.get("cases"), dict) else {}
+        regime = {cid: ((c.get("regime") or {}).get("name") if isinstance(c, dict) else None) for cid, c in cases.items()}
+        self.ok_regimes = {(regime.get(c), t) for c, t in self.ok}
+
+    def why_not_run(self, entry: dict[str, Any]) -> tuple[bool, str]:
+        """(ran, how): whether the run executed the accepted entry's target on one of its cases, and a phrase why."""
+        target = entry.get("target") or ""
+        if not target:
+            return True, "every target (the entry names none)"
+        if target not in self.targets:
+            return False, f"target {target} did not run"
+        cases = [c for c in entry.get("cases") or [] if isinstance(c, str)]
+        if cases:
+            if any((c, target) in self.ok for c in cases):
+                return True, f"{target} on its case {next(c for c in cases if (c, target) in self.ok)}"
+            if any((c, target) in self.present for c in cases):
+                return False, f"its cases did not execute on {target} (unsupported, failed or not reached)"
+            return False, f"none of its {len(cases)} cases is in this run (another suite?)"
+        regime = entry.get("regime")
+        if regime and regime != "-":
+            if (regime, target) in self.ok_regimes:
+                return True, f"{target} on cases of its regime {regime}"
+            return False, f"no case of its regime {regime} executed on {target}"
+        return True, f"{target} (the entry names no case or regime)"
+
+
+MAX_BASELINE_CASES = 20  # cases an accepted entry remembers, to tell fixed from not run
 
 
 # ---- baseline -----------------------------------------------------------------------------------
@@ -281,6 +331,9 @@ def validate_baseline(baseline: Any) -> dict[str, dict[str, Any]]:
             if k in a and a[k] is not None and not isinstance(a[k], str):
                 raise GateInputError(f"{where}.{k}: must be a string, got {a[k]!r}")
         ratio = _ratio(a.get("worst_ratio"), f"{where}.worst_ratio")
+        cases = a.get("cases")
+        if cases is not None and not (isinstance(cases, list) and all(isinstance(c, str) for c in cases)):
+            raise GateInputError(f"{where}.cases: must be a list of case ids, got {str(cases)[:80]!r}")
         expires = a.get("expires")
         if expires is not None:
             if not isinstance(expires, str) or not _DATE.match(expires):
@@ -304,10 +357,40 @@ def make_baseline(results: dict[str, Any], today: date, reason: str | None = Non
         accepted.append({"signature": it.signature, "target": it.target, "quantity": it.quantity,
                          "hypothesis": it.hypothesis, "classification": it.classification, "regime": it.regime,
                          "worst_ratio": None if it.ratio is None else ("inf" if math.isinf(it.ratio) else it.ratio),
+                         "cases": it.cases[:MAX_BASELINE_CASES],
                          "reason": why, "expires": expires.isoformat() if expires else None})
     accepted.sort(key=lambda a: (a["target"], a["classification"], a["quantity"], a["signature"]))
     return {"schema": BASELINE_SCHEMA, "schema_version": BASELINE_VERSION, "created": today.isoformat(),
-            "from_run": run_id, "accepted": accepted}
+            "from_run": run_id, "source": run_scope(results), "accepted": accepted}
+
+
+def run_scope(results: dict[str, Any]) -> dict[str, Any]:
+    """What a run ran: its case sources (suites, files), the targets that executed, and the framework versions."""
+    run = results.get("run") or {}
+    sources = run.get("sources") if isinstance(run.get("sources"), list) else []
+    return {"sources": [str(x) for x in sources], "targets": sorted(_Coverage(results).targets),
+            "versions": _versions(results)}
+
+
+def scope_differences(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = ("A", "B")) -> list[str]:
+    """One line per way two runs' scopes (run_scope) differ: suites, targets, framework versions."""
+    out = []
+    sa, sb = [str(x) for x in a.get("sources") or []], [str(x) for x in b.get("sources") or []]
+    if sa and sb and sorted(sa) != sorted(sb):
+        out.append(f"the suites differ: {names[0]} ran {', '.join(sa)}; {names[1]} ran {', '.join(sb)}")
+    ta, tb = set(a.get("targets") or []), set(b.get("targets") or [])
+    if ta and tb and ta != tb:
+        parts = []
+        if ta - tb:
+            parts.append(f"only {names[0]} ran {', '.join(sorted(ta - tb))}")
+        if tb - ta:
+            parts.append(f"only {names[1]} ran {', '.join(sorted(tb - ta))}")
+        out.append("the targets differ: " + "; ".join(parts))
+    va, vb = a.get("versions") or {}, b.get("versions") or {}
+    changed = [f"{k} {va.get(k, '-')} -> {vb.get(k, '-')}" for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)]
+    if changed:
+        out.append(f"framework versions differ ({names[0]} -> {names[1]}): {', '.join(changed)}")
+    return out
 
 
 # ---- the decision -------------------------------------------------------------------------------
@@ -350,7 +433,10 @@ def decide(results: dict[str, Any], baseline: dict[str, Any], policy: Policy, to
             it.fails = gating
         else:
             d.accepted.append(it)
-    ran = _targets_run(results)
+    coverage = _Coverage(results)
+    source = baseline.get("source") if isinstance(baseline.get("source"), dict) else None
+    if source:
+        d.context = scope_differences(source, run_scope(results), ("the baseline's run", "this run"))
     for sig, a in accepted.items():
         if sig in items:
             continue
@@ -358,7 +444,9 @@ def decide(results: dict[str, Any], baseline: dict[str, Any], policy: Policy, to
         it = Item(sig, "execution" if cls in EXECUTION_CLASSES else "finding", a.get("target") or "?",
                   a.get("quantity") or "", a.get("hypothesis") or "", cls, a.get("regime") or "",
                   accepted_ratio=a["worst_ratio"], expires=a["expires"], reason=a.get("reason") or "")
-        (d.unchecked if a.get("target") and a["target"] not in ran else d.fixed).append(it)
+        ran, how = coverage.why_not_run(a)
+        it.why.append(how)
+        (d.fixed if ran else d.not_run).append(it)
     d.passed = not d.problems and not d.failing
     return d
 
@@ -366,29 +454,39 @@ def decide(results: dict[str, Any], baseline: dict[str, Any], policy: Policy, to
 # ---- comparing two runs -------------------------------------------------------------------------
 @dataclass
 class RunDiff:
-    """Findings of run B against run A: new in B, fixed (only in A), changed (count, or ratio by > factor)."""
+    """Findings of run B against run A: new in B, fixed (in A, absent from B though B ran it), not-run (in A, and B
+    did not execute its target on its cases), changed (count, or ratio by > factor)."""
 
     run_a: str
     run_b: str
     factor: float
     new: list[Item] = field(default_factory=list)
     fixed: list[Item] = field(default_factory=list)
+    not_run: list[Item] = field(default_factory=list)
     changed: list[tuple[Item, Item, list[str]]] = field(default_factory=list)
     unchanged: int = 0
     versions: list[tuple[str, str, str]] = field(default_factory=list)  # (framework, version in A, version in B)
+    context: list[str] = field(default_factory=list)  # how the two runs' suites, targets and versions differ
 
     def lines(self) -> list[str]:
         """A human report, one line per item."""
         out = [f"diff {self.run_a or '?'} -> {self.run_b or '?'}"]
         for name, va, vb in self.versions:
             out.append(f"version {name}: {va} -> {vb}")
+        out += [f"note: {c}" for c in self.context]
+        if self.versions:
+            out.append("note: the framework versions differ, so the changes below may come from the new releases "
+                       "(this is the question 'did this release change BN?')")
         for it in self.new:
             out.append(f"new {it.label()}: {it.seen()}")
         for it in self.fixed:
-            out.append(f"fixed {it.label()}: {it.seen()} in A, absent from B")
+            out.append(f"fixed {it.label()}: {it.seen()} in A, absent from B, which ran {'; '.join(it.why)}")
+        for it in self.not_run:
+            out.append(f"not-run {it.label()}: {it.seen()} in A; in B {'; '.join(it.why)}")
         for a, b, what in self.changed:
             out.append(f"changed {b.label()}: {'; '.join(what)}")
-        out.append(f"{len(self.new)} new, {len(self.fixed)} fixed, {len(self.changed)} changed, {self.unchanged} unchanged")
+        out.append(f"{len(self.new)} new, {len(self.fixed)} fixed, {len(self.not_run)} not-run, {len(self.changed)} "
+                   f"changed, {self.unchanged} unchanged")
         return out
 
 
@@ -404,8 +502,16 @@ def diff(a: dict[str, Any], b: dict[str, Any], factor: float = 10.0) -> RunDiff:
     d = RunDiff(str((a.get("run") or {}).get("run_id", "")), str((b.get("run") or {}).get("run_id", "")), factor)
     va, vb = _versions(a), _versions(b)
     d.versions = [(k, va.get(k, "-"), vb.get(k, "-")) for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)]
+    scope_a, scope_b = run_scope(a), run_scope(b)
+    d.context = scope_differences({**scope_a, "versions": {}}, {**scope_b, "versions": {}})
     d.new = [it for s, it in ib.items() if s not in ia]
-    d.fixed = [it for s, it in ia.items() if s not in ib]
+    coverage = _Coverage(b)
+    for s, it in ia.items():
+        if s in ib:
+            continue
+        ran, how = coverage.why_not_run({"target": it.target, "cases": it.cases, "regime": it.regime})
+        it.why.append(how)
+        (d.fixed if ran else d.not_run).append(it)
     for s, y in ib.items():
         x = ia.get(s)
         if x is None:

@@ -7,6 +7,8 @@ dtypes (a correct implementation).
 
 Deviation faults (seeds 120-129, for the CI gate tests): 120 scales every `y` by 1.01, 121 scales every `y`
 by 1.5 (the same root cause as 120, about 50 times larger), 122 scales every running variance by 1.01.
+With BNCHECK_FAULTY_FIXED=1 in the environment, those deviation faults and the ValueError of seed 101 are
+"fixed": the target answers correctly (a kernel after its bug fix, for the gate's 'fixed' tests).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class FaultyNumpy(Target):
 
     def run(self, case, inputs):
         """Answer correctly, or fail as the seed says."""
-        fault = FAULTS.get(case.seed)
+        fixed = os.environ.get("BNCHECK_FAULTY_FIXED") == "1"
+        fault = None if fixed and case.seed == 101 else FAULTS.get(case.seed)
         delay = float(os.environ.get("BNCHECK_FAULTY_SLEEP", "0") or 0)
         if delay:
             time.sleep(delay)
@@ -75,6 +78,6 @@ class FaultyNumpy(Target):
             print("garbage on stdout that must not corrupt the protocol")
             sys.stdout.flush()
         ref = compute_reference(case, inputs, "unbiased")
-        scaled, factor = SCALED.get(case.seed, (None, 1.0))
+        scaled, factor = (None, 1.0) if fixed else SCALED.get(case.seed, (None, 1.0))
         return {k: round_as_float64(v * factor if k.split(".", 1)[1] == scaled else v, output_dtype(case, k.split(".", 1)[1]))
                 for k, v in ref.values.items() if k.split(".", 1)[1] in self.conventions.quantities}

@@ -4,9 +4,14 @@ One <testsuite> per target and one <testcase> per (case, target) execution: clas
 case description followed by its case id in brackets. A deviating execution has a <failure> whose message
 names its worst quantity, its error in units of the bound and, when diagnosed (the diagnosis rides on the
 first deviating verdict as `diagnosis`), the hypothesis and classification; the body lists every deviating
-quantity, the diagnosis and the replay command. `error`, `crash` and `timeout` executions have an <error>
-(type = status) whose body is the message and the stderr tail; `unsupported` ones are <skipped> with their reason.
-Characters that XML 1.0 cannot carry (control characters in a stderr tail, say) are dropped.
+quantity, the diagnosis, the finding's page and a replay command that works as written (with the run's
+--plugin options and its --out folder). `error`, `crash` and `timeout` executions have an <error> (type =
+status) whose body is the message and the stderr tail; `unsupported` ones are <skipped> with their reason.
+
+Given the gate's decision against a baseline (`bncheck junit RUN_DIR --baseline FILE`), only what fails the gate
+is a <failure> or an <error>: an accepted deviation, or one whose class does not gate, passes, with a
+<system-out> saying why, so that a dashboard is red exactly when the gate fails. Characters that XML 1.0
+cannot carry (control characters in a stderr tail, say) are dropped.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import write_atomic
+from ..gate import GateDecision, execution_signature
 
 _INVALID_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -61,7 +67,8 @@ def failure_message(execution: dict[str, Any]) -> str:
     return msg
 
 
-def _failure_body(execution: dict[str, Any], case: dict[str, Any] | None) -> str:
+def _failure_body(execution: dict[str, Any], case: dict[str, Any] | None, out_dir: Path | str | None,
+                  plugins: list[str], signature: str | None) -> str:
     lines = []
     for v in execution.get("deviations") or []:
         parts = [f"{v.get('key', '?')}: ratio {_fmt(_ratio(v.get('ratio')))}"]
@@ -82,14 +89,49 @@ def _failure_body(execution: dict[str, Any], case: dict[str, Any] | None) -> str
         alts = diag.get("alternatives") or []
         if alts:
             lines.append("alternatives (residual): " + ", ".join(f"{n} {_fmt(_ratio(r))}" for n, r in alts))
-    lines.append(f"replay: bncheck replay {execution.get('case_id')} --target {execution.get('target')}")
+    lines.append(f"replay: {replay_command(execution, out_dir, plugins)}")
+    if signature:
+        lines.append(f"finding page: {Path(out_dir or '.') / 'findings' / page_name(signature)}")
     if case:
         lines.append("case: " + json.dumps({k: x for k, x in case.items() if k not in ("description", "metrics")}, sort_keys=True))
     return "\n".join(lines)
 
 
-def build_junit(doc: dict[str, Any]) -> ET.Element:
-    """The <testsuites> element of a results document."""
+def replay_command(execution: dict[str, Any], out_dir: Path | str | None, plugins: list[str]) -> str:
+    """The `bncheck replay` command that re-runs an execution, with the run's folder and plugins."""
+    import shlex
+
+    parts = ["bncheck", "replay", str(execution.get("case_id")), "--target", str(execution.get("target"))]
+    if out_dir is not None:
+        parts += ["--out", str(out_dir)]
+    for m in plugins:
+        parts += ["--plugin", m]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def page_name(signature: str) -> str:
+    """The finding page's file name (as the HTML report writes it)."""
+    from .html import page_name as html_page
+
+    return html_page(signature)
+
+
+def _signatures(doc: dict[str, Any]) -> dict[tuple[str, str], str]:
+    """(case_id, target) -> the signature of the finding that execution belongs to."""
+    out: dict[tuple[str, str], str] = {}
+    for f in doc.get("findings") or []:
+        if isinstance(f, dict):
+            for c in f.get("cases") or []:
+                out.setdefault((str(c), str(f.get("target"))), str(f.get("signature")))
+    return out
+
+
+def build_junit(doc: dict[str, Any], out_dir: Path | str | None = None, decision: GateDecision | None = None) -> ET.Element:
+    """The <testsuites> element of a results document written in `out_dir`, judged by the gate's `decision` if any."""
+    plugins = [str(m) for m in (doc.get("run") or {}).get("plugins") or []]
+    finding_of = _signatures(doc)
+    failing = {it.signature for it in decision.failing} if decision is not None else None
+    accepted = {it.signature: it.reason for it in decision.accepted} if decision is not None else {}
     cases = doc.get("cases") or {}
     run = doc.get("run") or {}
     targets = {t.get("name"): t for t in doc.get("targets") or [] if isinstance(t, dict)}
@@ -121,14 +163,24 @@ def build_junit(doc: dict[str, Any]) -> ET.Element:
             status = e.get("status")
             counts["tests"] += 1
             counts["time"] += elapsed
+            key = (str(e.get("case_id")), str(target))
             if status == "ok" and e.get("deviations"):
-                counts["failures"] += 1
-                f = ET.SubElement(tc, "failure", message=_text(failure_message(e)), type="deviation")
-                f.text = _text(_failure_body(e, case))
+                sig = finding_of.get(key)
+                if failing is None or sig is None or sig in failing:
+                    counts["failures"] += 1
+                    f = ET.SubElement(tc, "failure", message=_text(failure_message(e)), type="deviation")
+                    f.text = _text(_failure_body(e, case, out_dir, plugins, sig))
+                else:
+                    ET.SubElement(tc, "system-out").text = _text(_passed_note(sig, accepted, failure_message(e)))
             elif status in ("error", "crash", "timeout"):
-                counts["errors"] += 1
-                err = ET.SubElement(tc, "error", message=_text(_first_line(e.get("message") or status)), type=status)
-                err.text = _text("\n".join(s for s in (e.get("message") or "", e.get("stderr_tail") or "") if s))
+                sig = execution_signature(str(target), status, str(e.get("message") or ""))
+                if failing is None or sig in failing:
+                    counts["errors"] += 1
+                    err = ET.SubElement(tc, "error", message=_text(_first_line(e.get("message") or status)), type=status)
+                    err.text = _text("\n".join(s for s in (e.get("message") or "", e.get("stderr_tail") or "",
+                                                            "replay: " + replay_command(e, out_dir, plugins)) if s))
+                else:
+                    ET.SubElement(tc, "system-out").text = _text(_passed_note(sig, accepted, f"{status}: {e.get('message')}"))
             elif status == "unsupported":
                 counts["skipped"] += 1
                 ET.SubElement(tc, "skipped", message=_text(e.get("message") or "unsupported"))
@@ -145,13 +197,20 @@ def build_junit(doc: dict[str, Any]) -> ET.Element:
     return root
 
 
-def junit_xml(doc: dict[str, Any]) -> str:
+def _passed_note(signature: str, accepted: dict[str, str], what: str) -> str:
+    if signature in accepted:
+        return f"accepted by the baseline ({accepted[signature] or 'no reason given'}), signature {signature}: {what}"
+    return f"does not fail the gate (its class is not gated), signature {signature}: {what}"
+
+
+def junit_xml(doc: dict[str, Any], out_dir: Path | str | None = None, decision: GateDecision | None = None) -> str:
     """JUnit XML text (UTF-8, with declaration) of a results document."""
-    root = build_junit(doc)
+    root = build_junit(doc, out_dir, decision)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def write_junit(doc: dict[str, Any], path: Path | str) -> None:
-    """Write the JUnit XML of a results document to `path` (atomically)."""
-    write_atomic(Path(path), junit_xml(doc))
+def write_junit(doc: dict[str, Any], path: Path | str, out_dir: Path | str | None = None,
+                decision: GateDecision | None = None) -> None:
+    """Write the JUnit XML of a results document (of the run in `out_dir`) to `path`, atomically."""
+    write_atomic(Path(path), junit_xml(doc, out_dir, decision))
