@@ -27,3 +27,14 @@ def test_judging_benchmark_prints_every_stage_and_their_total() -> None:
     assert set(stages) == {"inputs", "reference + bounds", "compare", "diagnosis", "verdicts to dicts", "total"}
     parts = sum(float(v) for k, v in stages.items() if k != "total")
     assert abs(parts - float(stages["total"])) <= 0.0035  # six figures, each rounded to the millisecond
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+def test_reports_benchmark_runs_and_prints_both_ways() -> None:
+    """benchmarks/reports.py at a small size: the before/after render lines and the run's phases."""
+    r = subprocess.run([sys.executable, "benchmarks/reports.py", "--per-channel", "65536"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert re.search(r"^now: +render_files \d+\.\d+ s", r.stdout, re.M), r.stdout
+    assert re.search(r"^before: textwrap payload .* ratio \d+x\)$", r.stdout, re.M), r.stdout
+    assert re.search(r"^bncheck run of that case .* 1 finding\(s\); times: .*writing reports", r.stdout, re.M), r.stdout

@@ -6,6 +6,9 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
+
+import numpy as np
 
 import pytest
 
@@ -97,3 +100,41 @@ def test_shrink_time_bounds_shrinking(tmp_path, cli):
     (finding,) = json.loads((out / "results.json").read_text())["findings"]
     assert finding["shrink"]["skipped"] == "time limit" and finding["shrink"]["attempts"] == 0
     assert finding["minimal_case"] == finding["shrink"]["from_case"]
+
+
+def _exec_inputs(lines: list[str], folder=None) -> dict:
+    import base64
+    import io
+    import os
+
+    ns = {"np": np, "base64": base64, "io": io, "os": os, "__file__": str((folder or Path(".")) / "x.py")}
+    exec("\n".join(lines), ns)  # noqa: S102 - the script's own lines
+    return ns["INPUTS"]
+
+
+def test_small_inputs_are_literal_values_that_round_trip_bit_for_bit():
+    """A handful of values is written as numbers a maintainer can read, and loads back exactly (NaN, Inf, -0.0 too)."""
+    from bncheck.repro import inputs_source
+
+    inputs = {"train0.x": np.array([[1.5, -0.0], [np.nan, -np.inf]], dtype=np.float16),
+              "gamma": np.array([0.1, 1 / 3], dtype=np.float32), "beta": np.array([1e-300, 2.0])}
+    lines, npz = inputs_source(inputs, "x.inputs.npz")
+    assert npz is None and "base64" not in "\n".join(lines) and "0.333333343267" in "\n".join(lines)
+    back = _exec_inputs(lines)
+    for k, v in inputs.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape and back[k].tobytes() == v.tobytes()
+
+
+def test_large_inputs_go_beside_the_script_and_medium_ones_inline(tmp_path):
+    """Beyond LITERAL_ELEMENTS, base64 in fixed-width lines; beyond INLINE_BYTES, an .npz next to the script."""
+    from bncheck import repro
+
+    medium = {"train0.x": np.arange(1000, dtype=np.float32)}
+    lines, npz = repro.inputs_source(medium, "x.inputs.npz")
+    assert npz is None and all(len(line) <= repro.BASE64_LINE for line in lines[1:-1])
+    assert _exec_inputs(lines)["train0.x"].tobytes() == medium["train0.x"].tobytes()
+    large = {"train0.x": np.arange(repro.INLINE_BYTES // 4 + 10, dtype=np.float32)}
+    lines, npz = repro.inputs_source(large, "x.inputs.npz")
+    assert npz is not None and len("\n".join(lines)) < 500
+    (tmp_path / "x.inputs.npz").write_bytes(npz)
+    assert _exec_inputs(lines, tmp_path)["train0.x"].tobytes() == large["train0.x"].tobytes()

@@ -89,22 +89,58 @@ if __name__ == "__main__":
 '''
 
 
-def encode_inputs(inputs: Inputs) -> str:
-    """Inputs as base64 of an uncompressed .npz (exact bits; bfloat16 values travel as float32)."""
+LITERAL_ELEMENTS = 256  # inputs of at most this many elements in all are written as literal values
+INLINE_BYTES = 1 << 20  # larger ones up to this size as base64 inside the script; beyond, in an .npz beside it
+BASE64_LINE = 100
+
+
+def npz_bytes(inputs: Inputs) -> bytes:
+    """The inputs as an uncompressed .npz file."""
     buf = io.BytesIO()
     np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in sorted(inputs.items())})
-    return base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
+
+
+def _literal(a: np.ndarray) -> str:
+    """An exact Python expression for a small array (repr of each value as a float64 round-trips it)."""
+    values = ", ".join(repr(float(x)) for x in np.asarray(a, dtype=np.float64).reshape(-1))
+    return f"np.array([{values}], dtype={str(a.dtype)!r}).reshape({tuple(a.shape)!r})"
+
+
+def inputs_source(inputs: Inputs, npz_name: str | None) -> tuple[list[str], bytes | None]:
+    """The script lines that define INPUTS, and the .npz to write beside the script (None: all inline).
+
+    Linear in the size of the inputs: small inputs as literal values, medium ones as base64 cut into fixed-width
+    lines (never textwrap, which is quadratic on one long word), large ones loaded from `npz_name`."""
+    total = sum(int(np.asarray(v).size) for v in inputs.values())
+    if total <= LITERAL_ELEMENTS:
+        lines = ["nan, inf = float(\"nan\"), float(\"inf\")", "INPUTS = {"]
+        lines += [f"    {k!r}: {_literal(np.asarray(v))}," for k, v in sorted(inputs.items())]
+        return lines + ["}"], None
+    raw = npz_bytes(inputs)
+    if len(raw) <= INLINE_BYTES or npz_name is None:
+        text = base64.b64encode(raw).decode()
+        body = [text[i:i + BASE64_LINE] for i in range(0, len(text), BASE64_LINE)]
+        return ['INPUTS = dict(np.load(io.BytesIO(base64.b64decode("""', *body, '"""))))'], None
+    return ["# the inputs are too large to embed: they lie beside this script",
+            f"INPUTS = dict(np.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), {npz_name!r})))"], raw
 
 
 def render(case: Case, inputs: Inputs, target: Any, keys: list[str], title: str, expectation: str,
-           manifest: dict[str, Any]) -> str:
-    """The text of a standalone reproduction script for `target` on `case`."""
+           manifest: dict[str, Any], npz_name: str | None = None) -> str:
+    """The text of a standalone reproduction script for `target` on `case` (see render_files for large inputs)."""
+    return render_files(case, inputs, target, keys, title, expectation, manifest, npz_name)[0]
+
+
+def render_files(case: Case, inputs: Inputs, target: Any, keys: list[str], title: str, expectation: str,
+                 manifest: dict[str, Any], npz_name: str | None = None) -> tuple[str, bytes | None]:
+    """The script's text, and the bytes of the .npz of its inputs when they are too large to embed."""
     source = target.repro_source()
-    payload = "\n".join(textwrap.wrap(encode_inputs(inputs), 100))
+    inputs_lines, npz = inputs_source(inputs, npz_name)
     env = {k: manifest.get(k) for k in ("python", "platform", "cpu", "numpy")}
     env["framework"] = manifest.get("frameworks", {}).get(target.framework, {}).get("version")
     phases = list(case.phases)
-    return "\n".join([
+    text = "\n".join([
         "#!/usr/bin/env python3",
         f'"""bncheck reproduction: {title}.',
         "",
@@ -114,6 +150,7 @@ def render(case: Case, inputs: Inputs, target: Any, keys: list[str], title: str,
         "import base64",
         "import io",
         "import json",
+        "import os",
         "",
         "import numpy as np",
         "",
@@ -124,9 +161,7 @@ def render(case: Case, inputs: Inputs, target: Any, keys: list[str], title: str,
         f"KEYS = {keys!r}",
         f"RUNNING_VAR = {target.conventions.running_var!r}  # the target's documented running-variance convention",
         f"DEVICE = {target.device!r}",
-        'INPUTS = dict(np.load(io.BytesIO(base64.b64decode("""',
-        payload,
-        '"""))))',
+        *inputs_lines,
         "",
         "# ---- the framework path under test ----",
         textwrap.dedent(source).strip(),
@@ -137,15 +172,23 @@ def render(case: Case, inputs: Inputs, target: Any, keys: list[str], title: str,
         MAIN_SOURCE.strip(),
         "",
     ])
+    return text, npz
 
 
 def write_repro(path: Path, case: Case, inputs: Inputs, target: Any, keys: list[str], title: str,
                 expectation: str, manifest: dict[str, Any]) -> Path | None:
-    """Write the script (None when the target has no repro_source)."""
+    """Write the script, and its inputs beside it as PATH.inputs.npz when they are too large to embed (None when the
+    target has no repro_source)."""
     if not hasattr(target, "repro_source"):
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, render(case, inputs, target, keys, title, expectation, manifest))
+    npz_path = path.with_name(path.stem + ".inputs.npz")
+    text, npz = render_files(case, inputs, target, keys, title, expectation, manifest, npz_path.name)
+    if npz is not None:
+        write_atomic(npz_path, npz)
+    else:
+        npz_path.unlink(missing_ok=True)
+    write_atomic(path, text)
     return path
 
 
