@@ -212,3 +212,21 @@ def test_replay_measures_errors_against_the_exact_reference_as_the_verdict(tmp_p
     max_abs = float(re.search(r"abs ([0-9.e+-]+)", max_line).group(1))
     assert y and max(y) > 0  # a float16 result cannot equal the exact float64 value everywhere
     assert abs(max(y) - max_abs) <= 0.01 * max_abs
+
+
+def test_constraints_command_prints_the_tested_pins(cli):
+    """The pins the README recommends are reachable from an installed package: `bncheck constraints`."""
+    r = cli("constraints")
+    assert r.returncode == 0 and "torch==2.13.0" in r.stdout
+    assert r.stdout == (ROOT / "constraints.txt").read_text()
+    path = cli("constraints", "--path").stdout.strip()
+    assert path.endswith("bncheck/constraints.txt")
+
+
+def test_a_dangling_out_symlink_gets_one_clear_line(tmp_path, cli):
+    """Not 'File exists': the line names the link and where it points; nothing is created."""
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone")
+    r = cli("run", "smoke", "--targets", "torch.nn@cpu", "--out", str(link))
+    assert r.returncode == 2 and "is a symbolic link to" in r.stderr and "which does not exist" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "gone").exists()

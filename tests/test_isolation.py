@@ -69,3 +69,28 @@ def test_frameworks_are_probed_at_the_same_time(tmp_path, cli):
     for name in ("rendezvous.a@cpu", "rendezvous.b@cpu"):
         assert rows[name]["available"], rows[name]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+def test_the_parent_unpickles_plain_data_and_arrays_only():
+    """Arrays, NumPy scalars and plain containers come through; any other global (even a builtin) is refused."""
+    import io
+    import pickle
+
+    import numpy as np
+    import pytest
+
+    from bncheck.protocol import _PlainUnpickler
+
+    reply = {"observation": {"y": np.ones((2, 3)), "s": np.float32(2.5), "f": np.asfortranarray(np.ones((3, 2))),
+                             "v": np.arange(5, dtype=np.float16)[::2]},
+             "details": {"t": (1, 2), "c": 1 + 2j, "set": {1}, "b": b"x", "n": None, "i": np.int64(3)}}
+    back = _PlainUnpickler(io.BytesIO(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))).load()
+    assert np.array_equal(back["observation"]["f"], reply["observation"]["f"]) and back["details"]["c"] == 1 + 2j
+
+    class Evil:
+        def __reduce__(self):
+            return (getattr, (print, "__name__"))
+
+    for payload in (Evil(), pickle.loads(pickle.dumps(print)), range(3)):
+        with pytest.raises(pickle.UnpicklingError, match="refusing to load builtins"):
+            _PlainUnpickler(io.BytesIO(pickle.dumps(payload))).load()

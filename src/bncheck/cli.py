@@ -135,6 +135,16 @@ def backends(conventions: bool, as_json: bool, plugins: tuple[str, ...]) -> None
                     click.echo(f"{'':<{width}}    {k}: {', '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}")
 
 
+@main.command()
+@click.option("--path", "as_path", is_flag=True, help="Print where the file lies instead of its contents.")
+def constraints(as_path: bool) -> None:
+    """Print the versions bncheck is tested with, for 'pip install -c FILE' (e.g. bncheck constraints > c.txt)."""
+    from importlib.resources import files
+
+    resource = files("bncheck").joinpath("constraints.txt")
+    click.echo(str(resource) if as_path else resource.read_text(encoding="utf-8"), nl=as_path)
+
+
 # ---- run / audit --------------------------------------------------------------------------------
 def _progress(total: int):  # noqa: ANN202 - returns a callback
     """A progress callback: a bar on a terminal, a line every 10% otherwise."""

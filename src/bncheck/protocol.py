@@ -49,13 +49,19 @@ def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
 
 
 class _PlainUnpickler(pickle.Unpickler):
-    """Rebuilds only builtins and NumPy arrays: a reply can never make the parent import a framework."""
+    """Rebuilds plain data (containers, numbers, strings, bytes) and NumPy arrays and scalars, nothing else: a reply
+    can never make the parent import a framework or call a function. The globals below are every one that
+    pickling such replies needs (found by recording find_class over replies of every kind, NumPy 1 and 2 names)."""
 
-    _ALLOWED = ("builtins", "numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric",
-                "numpy._core.numeric", "collections", "copyreg")
+    _ALLOWED = frozenset({
+        ("builtins", "complex"), ("numpy", "dtype"), ("numpy", "ndarray"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    })
 
     def find_class(self, module: str, name: str) -> Any:
-        if module in self._ALLOWED:
+        if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: replies carry plain data and NumPy arrays only")
 

@@ -16,6 +16,7 @@ broken: its remaining cases are recorded as not run.
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import queue
 import threading
@@ -138,9 +139,23 @@ def discover(pattern: str | None = None, plugins: list[str] | None = None, keep_
                 t = c(dev)
                 if not registry.match_targets([t.name], pattern):
                     continue
-                d.rows.append(_row(t, True, info["version"], ""))
+                d.rows.append(_row(t, True, target_version(c, info), ""))
                 d.runnable.append(t)
     return d
+
+
+def target_version(cls: type[Target], info: dict[str, Any]) -> str:
+    """The version a target reports: its own package's (flax for the flax targets, keras for the Keras ones, from the
+    probe's details or the package metadata), else its framework's."""
+    if cls.package:
+        found = (info.get("details") or {}).get(cls.package)
+        if isinstance(found, str) and found:
+            return found
+        try:
+            return importlib.metadata.version(cls.package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return str(info.get("version", ""))
 
 
 def _probe_all(workers: dict[str, WorkerHandle]) -> dict[str, Outcome]:

@@ -72,6 +72,7 @@ class Target:
     description: ClassVar[str] = ""
     conventions: ClassVar[Conventions]
     devices: ClassVar[tuple[str, ...] | None] = None  # device kinds it runs on ("cpu", "cuda"); None: all probed
+    package: ClassVar[str | None] = None  # the distribution whose version it reports (None: its framework's)
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = device

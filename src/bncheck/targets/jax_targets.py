@@ -346,6 +346,8 @@ def _with_vjp(forward: Callable[..., Any], affine: bool, grad: bool) -> Callable
 class FlaxLinen(_JaxBase):
     """flax.linen.BatchNorm with its default settings (one-pass 'fast' variance)."""
 
+    package = "flax"
+
     family: ClassVar[str] = "flax.linen"
     description: ClassVar[str] = (
         "flax.linen.BatchNorm with default settings (use_fast_variance=True, momentum in the 'old' form), "
@@ -409,6 +411,8 @@ class FlaxLinenTwoPass(FlaxLinen):
 # ---- flax.nnx -----------------------------------------------------------------------------------
 class FlaxNnx(_JaxBase):
     """flax.nnx.BatchNorm with its default settings, used through nnx.split / nnx.merge under jax.jit."""
+
+    package = "flax"
 
     family: ClassVar[str] = "flax.nnx"
     description: ClassVar[str] = (

@@ -193,6 +193,8 @@ def _axis(case: Case) -> int:
 class _KerasBase(Target):
     """keras.layers.BatchNormalization on one backend: layer setup, phases and output copying are shared."""
 
+    package = "keras"
+
     backend: ClassVar[str] = ""
     devices: ClassVar[tuple[str, ...] | None] = ("cpu", "cuda")
 
