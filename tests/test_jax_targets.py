@@ -198,8 +198,8 @@ def test_compilations_are_reused_across_cases() -> None:
         for seed in range(3):
             case = case_from_dict({"shape": [8, 4, 5], "grad": True, "seed": seed})
             target.run(case, make_inputs(case))
-        assert len(target._compiled) == 1  # type: ignore[attr-defined]
-        (fn,) = target._compiled.values()  # type: ignore[attr-defined]
+        assert len(target._cache) == 1  # type: ignore[attr-defined]
+        (fn,) = target._cache.values()  # type: ignore[attr-defined]
         assert fn._cache_size() == 1
 
 

@@ -255,10 +255,10 @@ def test_sessions_are_cached():
     c2 = case_from_dict({"shape": [6, 3, 2], "seed": 2})
     t.run(c1, make_inputs(c1))
     t.run(c2, make_inputs(c2))
-    assert len(t._sessions) == 1
+    assert len(t._cache) == 1
     c3 = c1.replace(momentum=0.2)
     t.run(c3, make_inputs(c3))
-    assert len(t._sessions) == 2
+    assert len(t._cache) == 2
 
 
 def test_conventions():

@@ -1,15 +1,15 @@
-"""Reproduction scripts of the TensorFlow, Keras and JAX families: each script's run() gives bit for bit what
-the adapter gives in its own worker, and the scripts of two known findings show them.
+"""Reproduction scripts of every CPU target: each script's run() gives bit for bit what the adapter gives in its
+own worker (the script embeds the adapter's kernel-path module verbatim), and the scripts of known findings show
+them.
 
-Every script runs in a fresh interpreter (Keras picks its backend once per process) and every adapter in the
-`bncheck.worker` of its framework, started with the framework record's environment as the pool starts it;
-this process imports no framework. Frameworks are skipped when not installed (checked with find_spec, as
-pytest.importorskip would without importing them here).
+Every script runs in a fresh interpreter under `python -I` (Keras picks its backend once per process) and every
+adapter in the `bncheck.worker` of its framework, started with the framework record's environment as the pool
+starts it; this process imports no framework. A family is skipped when its framework's distributions are not
+installed (package metadata, as `bncheck backends` checks them, without importing anything here).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -24,24 +24,16 @@ from bncheck.cases import Case, case_from_dict
 from bncheck.inputs import make_inputs
 from bncheck.pool import WorkerHandle
 from bncheck.repro import render
-from bncheck.targets import family_class, frameworks
+from bncheck.targets import family_class, family_names, framework_status, frameworks
 from bncheck.targets.base import QUANTITIES
 
-# family -> modules the script needs
-FAMILIES: dict[str, tuple[str, ...]] = {
-    "tf.nn": ("tensorflow",),
-    "tf.fused": ("tensorflow",),
-    "tf.keras": ("keras", "tensorflow"),
-    "keras.jax": ("keras", "jax"),
-    "keras.torch": ("keras", "torch"),
-    "flax.linen": ("jax", "flax"),
-    "flax.linen.two_pass": ("jax", "flax"),
-    "flax.nnx": ("jax", "flax"),
-    "jax.jit": ("jax",),
-}
+# every built-in family that runs on the CPU (plugins are not loaded here)
+FAMILIES = [f for f in family_names() if family_class(f).devices is None or "cpu" in family_class(f).devices]
 BENIGN: dict[str, Any] = {"shape": [8, 4, 5, 5], "layout": "channels_last", "grad": True, "mode": "trajectory", "steps": 2}
-# tf.nn has no running-statistics update: its trajectory runs without running statistics (eval on batch statistics)
-BENIGN_OVERRIDES: dict[str, dict[str, Any]] = {"tf.nn": {"track_running_stats": False}}
+# the first of these that a family supports is its benign case: a trajectory with running statistics where it can,
+# else without them (tf.nn has no running-statistics update), else evaluation alone (inference-only paths)
+BENIGN_CANDIDATES: list[dict[str, Any]] = [BENIGN, {**BENIGN, "track_running_stats": False},
+                                           {**{k: v for k, v in BENIGN.items() if k != "steps"}, "mode": "eval"}]
 
 # Runs the script's own code with numpy and the framework only; main() prints the table, the arrays its
 # run() returned are saved. Only the two-line `if __name__ == "__main__": main()` guard is not exercised.
@@ -64,10 +56,20 @@ ROW = re.compile(r"^(\S+\.\S+)\s+([0-9.e+-]+|inf|nan)\s+([0-9.e+-]+|inf|nan)\s+\
 
 
 def _need(family: str) -> None:
-    """Skip unless the family's modules are installed (found without importing them into this process)."""
-    for module in FAMILIES[family]:
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"could not import {module!r} (needed by {family})")
+    """Skip unless the family's framework is installed (package metadata; nothing is imported into this process)."""
+    installed, _version, reason = framework_status(frameworks()[family_class(family).framework])
+    if not installed:
+        pytest.skip(f"{family}: {reason}")
+
+
+def _benign(family: str) -> Case:
+    """The family's benign float32 case: the first candidate it supports."""
+    target = family_class(family)("cpu")
+    for d in BENIGN_CANDIDATES:
+        case = case_from_dict(d)
+        if target.supports(case) is None:
+            return case
+    raise AssertionError(f"{family} supports none of the benign cases: {target.supports(case_from_dict(BENIGN))}")
 
 
 def _adapter(workers: dict[str, WorkerHandle], family: str, case: Case, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -128,11 +130,11 @@ def _check_identical(family: str, case: Case, tmp_path: Path, workers: dict[str,
     return rows
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_script_matches_adapter_bit_for_bit(family, tmp_path, workers):
-    """A benign float32 trajectory with gradients: the script's run() equals the adapter's run() exactly."""
+    """A benign float32 case with gradients: the script's run() equals the adapter's run() exactly."""
     _need(family)
-    case = case_from_dict({**BENIGN, **BENIGN_OVERRIDES.get(family, {})})
+    case = _benign(family)
     rows = _check_identical(family, case, tmp_path, workers)
     assert all(err < 1e-4 for err, _ in rows.values()), rows  # and agrees with the script's float64 reference
 

@@ -1,7 +1,8 @@
 """Standalone reproduction scripts: numpy plus the target's framework, inputs embedded, values beside a reference.
 
-A script defines `run(case, inputs)` from the target's own `repro_source()` (the same calls the adapter
-makes, written without bncheck), an independent float64 reference, and prints every deviating quantity
+A script defines `run(case, inputs)` from the target's own `repro_source()`: for the built-in targets, the
+kernel-path module the adapter itself calls (bncheck/targets/paths/, embedded verbatim; see
+bncheck.targets.kernel), then an independent float64 reference, and prints every deviating quantity
 with the framework's value, the reference value and the error. A maintainer can paste it into an issue.
 """
 

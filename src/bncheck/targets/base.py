@@ -11,6 +11,10 @@ from ..cases import Case
 from ..inputs import Inputs
 
 Observation = dict[str, np.ndarray]
+# how a target's path runs BN: a framework's eager API, a graph runtime, a compiler, a model exported (or
+# converted) from another path, or a reference evaluator; exported/converted targets name their source family
+PATH_KINDS = ("eager", "graph", "compiled", "exported", "converted", "reference")
+CONVERSION_KINDS = ("exported", "converted")
 QUANTITIES = ("y", "batch_mean", "batch_var", "batch_var_unbiased", "batch_invstd", "running_mean", "running_var",
               "dx", "dgamma", "dbeta")
 
@@ -73,6 +77,8 @@ class Target:
     conventions: ClassVar[Conventions]
     devices: ClassVar[tuple[str, ...] | None] = None  # device kinds it runs on ("cpu", "cuda"); None: all probed
     package: ClassVar[str | None] = None  # the distribution whose version it reports (None: its framework's)
+    path_kind: ClassVar[str] = "eager"  # one of PATH_KINDS
+    source_family: ClassVar[str | None] = None  # exported/converted paths: the family whose model they run
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
@@ -111,7 +117,8 @@ class Target:
     def info(self) -> dict[str, Any]:
         """JSON-ready description of this target."""
         return {"name": self.name, "family": self.family, "framework": self.framework, "device": self.device,
-                "description": self.description, "conventions": self.conventions.to_dict()}
+                "description": self.description, "path_kind": self.path_kind, "source_family": self.source_family,
+                "conventions": self.conventions.to_dict()}
 
 
 def flatten_channels(case: Case, a: np.ndarray) -> np.ndarray:

@@ -4,7 +4,8 @@ Keras chooses its backend once per process from KERAS_BACKEND, so each family ru
 ("tensorflow", "keras-jax", "keras-torch"; the framework records set the variable). One base class drives
 the same layer the same way; the subclasses differ only in how gradients are taken (tf.GradientTape,
 jax.vjp over Layer.stateless_call, torch autograd), which mirrors what each backend's own Keras trainer
-does in train_step. keras and the backend framework are imported only inside `probe` and `run`.
+does in train_step. The kernel path is bncheck/targets/paths/keras_bn.py (shared with the reproduction
+scripts); keras and the backend framework are imported only inside `probe` and that module's functions.
 """
 
 from __future__ import annotations
@@ -12,11 +13,8 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar
 
-import numpy as np
-
-from ..cases import Case
-from ..inputs import Inputs
-from .base import Conventions, Observation, Target, Unsupported
+from .base import Conventions
+from .kernel import PathTarget
 
 _KERAS = "keras/src/layers/normalization/batch_normalization.py (keras 3.15)"
 
@@ -70,26 +68,12 @@ _NOTES = (
 )
 
 
-def _import_keras(backend: str) -> Any:
-    """Import keras for this worker's backend (JAX first gets x64 so float64 arrays stay float64)."""
-    active = os.environ.get("KERAS_BACKEND", "")
-    if backend == "jax" and active == "jax":
-        import jax
-
-        # float64 arrays exist in JAX only with x64 on; it must be set before the first array is created
-        jax.config.update("jax_enable_x64", True)
-    import keras
-
-    if keras.backend.backend() != backend:
-        raise Unsupported(f"this worker runs Keras on the {keras.backend.backend()} backend; the family needs "
-                          f"KERAS_BACKEND={backend} (Keras picks its backend once per process)")
-    return keras
-
-
 def probe() -> dict[str, Any]:
     """Keras version, its backend's version and the backend's devices (imports keras; runs in the worker)."""
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    keras = _import_keras(backend)
+    from .paths.keras_bn import keras_import
+
+    keras = keras_import(backend)
     details: dict[str, Any] = {"backend": backend}
     devices = ["cpu"]
     if backend == "jax":
@@ -180,88 +164,19 @@ TORCH_CONVENTIONS = _conventions(
 )
 
 
-def _policy(case: Case) -> str:
-    """The Keras dtype policy of a case: the input dtype, or mixed_<half> for half inputs with float32 parameters."""
-    return case.dtype if case.param_dtype == case.dtype else f"mixed_{case.dtype}"
-
-
-def _axis(case: Case) -> int:
-    """The layer's axis: 1 for channels_first with spatial dimensions, -1 otherwise (what users write)."""
-    return 1 if case.layout == "channels_first" and len(case.shape) > 2 else -1
-
-
-class _KerasBase(Target):
-    """keras.layers.BatchNormalization on one backend: layer setup, phases and output copying are shared."""
+class _KerasBase(PathTarget):
+    """keras.layers.BatchNormalization on one backend (paths/keras_bn.py); the family names the backend."""
 
     package = "keras"
 
     backend: ClassVar[str] = ""
     devices: ClassVar[tuple[str, ...] | None] = ("cpu", "cuda")
+    path_modules: ClassVar[tuple[str, ...]] = ("keras_bn",)
+    path_entry: ClassVar[str] = "keras_bn"
 
-    def repro_source(self) -> str:
-        """Standalone code defining run(case, inputs) for reproduction scripts (numpy, keras and its backend only)."""
-        return REPRO_SOURCE.format(backend=self.backend)
-
-    # ---- conversions ---------------------------------------------------------------------------
-    def _tensor(self, keras: Any, a: np.ndarray, dtype: str) -> Any:
-        """NumPy transport array -> a new backend tensor of `dtype` (bfloat16 from float32 is exact)."""
-        t = keras.ops.convert_to_tensor(np.array(a, copy=True), dtype=str(np.asarray(a).dtype))
-        return t if str(np.asarray(a).dtype) == dtype else keras.ops.cast(t, dtype)
-
-    @staticmethod
-    def _numpy(keras: Any, t: Any) -> np.ndarray:
-        """Backend tensor or variable -> a fresh float64 NumPy array (half types widened exactly first)."""
-        dt = keras.backend.standardize_dtype(t.dtype)
-        if dt in ("float16", "bfloat16"):
-            t = keras.ops.cast(t, "float32")
-        return np.array(keras.ops.convert_to_numpy(t), dtype=np.float64, copy=True)
-
-    def _device_name(self) -> str:
-        """The keras.device() name of this target's device."""
-        return "gpu:0" if self.device == "cuda" else "cpu:0"
-
-    # ---- the layer -----------------------------------------------------------------------------
-    def _layer(self, keras: Any, case: Case, inputs: Inputs) -> Any:
-        """A built layer with the case's parameters and running statistics assigned."""
-        layer = keras.layers.BatchNormalization(
-            axis=_axis(case), momentum=self.conventions.to_framework_momentum(case.momentum), epsilon=case.eps,
-            center=case.affine, scale=case.affine, dtype=_policy(case),
-        )
-        layer.build(case.physical_shape)
-        names = (("gamma", "gamma"), ("beta", "beta")) if case.affine else ()
-        names += (("moving_mean", "running_mean"), ("moving_variance", "running_var"))
-        for attr, key in names:
-            getattr(layer, attr).assign(self._tensor(keras, inputs[key], case.param_dtype))
-        return layer
-
-    def _call(self, keras: Any, layer: Any, x: Any, training: bool, dy: Any | None,
-              affine: bool) -> tuple[Any, list[Any] | None]:
-        """Call the layer (updating its moving statistics in training); with dy, also (dx, dgamma, dbeta)."""
-        raise NotImplementedError
-
-    def run(self, case: Case, inputs: Inputs) -> Observation:
-        """Run every phase of the case through one Keras layer and collect what it exposes."""
-        keras = _import_keras(self.backend)
-        if not case.track_running_stats:
-            raise Unsupported("Keras BatchNormalization always keeps moving statistics")
-        obs: Observation = {}
-        with keras.device(self._device_name()):
-            layer = self._layer(keras, case, inputs)
-            for phase in case.phases:
-                training = phase != "eval"
-                x = self._tensor(keras, inputs[f"{phase}.x"], case.dtype)
-                dy = self._tensor(keras, inputs[f"{phase}.dy"], case.dtype) if case.grad else None
-                y, grads = self._call(keras, layer, x, training, dy, case.affine)
-                obs[f"{phase}.y"] = self._numpy(keras, y)
-                if training:
-                    obs[f"{phase}.running_mean"] = self._numpy(keras, layer.moving_mean.value)
-                    obs[f"{phase}.running_var"] = self._numpy(keras, layer.moving_variance.value)
-                if grads is not None:
-                    obs[f"{phase}.dx"] = self._numpy(keras, grads[0])
-                    if case.affine:
-                        obs[f"{phase}.dgamma"] = self._numpy(keras, grads[1])
-                        obs[f"{phase}.dbeta"] = self._numpy(keras, grads[2])
-        return obs
+    def path_options(self) -> dict[str, Any]:
+        """The Keras backend this family runs on (the worker's KERAS_BACKEND)."""
+        return {"backend": self.backend}
 
 
 class KerasOnTensorflow(_KerasBase):
@@ -273,19 +188,6 @@ class KerasOnTensorflow(_KerasBase):
     description = "keras.layers.BatchNormalization (Keras 3, TensorFlow backend, eager layer call)"
     conventions = TF_CONVENTIONS
 
-    def _call(self, keras: Any, layer: Any, x: Any, training: bool, dy: Any | None,
-              affine: bool) -> tuple[Any, list[Any] | None]:
-        """layer(x, training) under a GradientTape; the tape's output_gradients give the VJP with dy."""
-        if dy is None:
-            return layer(x, training=training), None
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x, training=training)
-        sources = [x] + ([layer.gamma.value, layer.beta.value] if affine else [])
-        return y, tape.gradient(y, sources, output_gradients=dy)
-
 
 class KerasOnJax(_KerasBase):
     """keras.layers.BatchNormalization with the JAX backend; stateless_call under jax.vjp."""
@@ -296,32 +198,6 @@ class KerasOnJax(_KerasBase):
     description = "keras.layers.BatchNormalization (Keras 3, JAX backend, eager Layer.stateless_call)"
     conventions = JAX_CONVENTIONS
 
-    def _call(self, keras: Any, layer: Any, x: Any, training: bool, dy: Any | None,
-              affine: bool) -> tuple[Any, list[Any] | None]:
-        """Layer.stateless_call (under jax.vjp when dy is given); the new moving statistics are assigned back."""
-        import jax
-
-        trainable = [v.value for v in layer.trainable_variables]
-        state = [v.value for v in layer.non_trainable_variables]
-
-        def forward(x_: Any, params: list[Any]) -> tuple[Any, list[Any]]:
-            """(y, new non-trainable values) of the layer for input x_ and trainable values params."""
-            return layer.stateless_call(params, state, x_, training=training)
-
-        if dy is None:
-            y, new_state = forward(x, trainable)
-            grads = None
-        else:
-            y, vjp, new_state = jax.vjp(forward, x, trainable, has_aux=True)
-            dx, dparams = vjp(dy)
-            grads = [dx]
-            if affine:
-                index = {id(v): i for i, v in enumerate(layer.trainable_variables)}
-                grads += [dparams[index[id(layer.gamma)]], dparams[index[id(layer.beta)]]]
-        for var, value in zip(layer.non_trainable_variables, new_state):
-            var.assign(value)
-        return y, grads
-
 
 class KerasOnTorch(_KerasBase):
     """keras.layers.BatchNormalization with the PyTorch backend; gradients by torch autograd."""
@@ -331,115 +207,3 @@ class KerasOnTorch(_KerasBase):
     backend = "torch"
     description = "keras.layers.BatchNormalization (Keras 3, PyTorch backend, eager layer call)"
     conventions = TORCH_CONVENTIONS
-
-    def _device_name(self) -> str:
-        """'cpu' or 'cuda' without an index: Keras creates variables as Parameter(...).to(device), and a
-        device that differs from the tensor's in name only ('cpu:0' vs 'cpu') makes a non-leaf copy without .grad."""
-        return "cuda" if self.device == "cuda" else "cpu"
-
-    def _call(self, keras: Any, layer: Any, x: Any, training: bool, dy: Any | None,
-              affine: bool) -> tuple[Any, list[Any] | None]:
-        """layer(x, training); with dy, y.backward(dy) and the .grad of x, gamma and beta."""
-        if dy is None:
-            return layer(x, training=training), None
-        x = x.detach().requires_grad_(True)
-        params = [layer.gamma.value, layer.beta.value] if affine else []
-        for p in params:
-            p.grad = None
-        y = layer(x, training=training)
-        y.backward(dy)
-        return y, [x.grad] + [p.grad for p in params]
-
-
-REPRO_SOURCE = '''
-import os
-
-BACKEND = {backend!r}
-os.environ["KERAS_BACKEND"] = BACKEND  # Keras picks its backend once, at import
-if BACKEND == "jax":
-    import jax
-
-    jax.config.update("jax_enable_x64", True)  # float64 arrays exist only with x64, set before the first array
-import keras
-
-
-def _tensor(a, dtype):
-    t = keras.ops.convert_to_tensor(np.array(a, copy=True), dtype=str(np.asarray(a).dtype))
-    return t if str(np.asarray(a).dtype) == dtype else keras.ops.cast(t, dtype)  # bfloat16 from float32: exact
-
-
-def _out(t):
-    if keras.backend.standardize_dtype(t.dtype) in ("float16", "bfloat16"):
-        t = keras.ops.cast(t, "float32")
-    return np.array(keras.ops.convert_to_numpy(t), dtype=np.float64, copy=True)
-
-
-def _call(layer, x, training, dy, affine):
-    """y = layer(x, training), and with dy the gradients (dx, dgamma, dbeta) as the backend's trainer takes them."""
-    if BACKEND == "jax":  # Layer.stateless_call under jax.vjp, new moving statistics assigned back
-        trainable = [v.value for v in layer.trainable_variables]
-        state = [v.value for v in layer.non_trainable_variables]
-        forward = lambda x_, params: layer.stateless_call(params, state, x_, training=training)
-        grads = None
-        if dy is None:
-            y, new_state = forward(x, trainable)
-        else:
-            y, vjp, new_state = jax.vjp(forward, x, trainable, has_aux=True)
-            dx, dparams = vjp(dy)
-            grads = [dx]
-            if affine:
-                index = {{id(v): i for i, v in enumerate(layer.trainable_variables)}}
-                grads += [dparams[index[id(layer.gamma)]], dparams[index[id(layer.beta)]]]
-        for var, value in zip(layer.non_trainable_variables, new_state):
-            var.assign(value)
-        return y, grads
-    if dy is None:
-        return layer(x, training=training), None
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x, training=training)
-        sources = [x] + ([layer.gamma.value, layer.beta.value] if affine else [])
-        return y, tape.gradient(y, sources, output_gradients=dy)
-    x = x.detach().requires_grad_(True)  # torch: autograd
-    params = [layer.gamma.value, layer.beta.value] if affine else []
-    for p in params:
-        p.grad = None
-    y = layer(x, training=training)
-    y.backward(dy)
-    return y, [x.grad] + [p.grad for p in params]
-
-
-def run(case, inputs):
-    """Every phase through one keras.layers.BatchNormalization, collecting what bncheck compares."""
-    dt, pd = case["dtype"], case["param_dtype"]
-    last, rank = case["layout"] == "channels_last", len(case["shape"])
-    device = ("cuda" if BACKEND == "torch" else "gpu:0") if DEVICE == "cuda" else ("cpu" if BACKEND == "torch" else "cpu:0")
-    out = {{}}
-    with keras.device(device):
-        layer = keras.layers.BatchNormalization(
-            axis=1 if not last and rank > 2 else -1,
-            momentum=1.0 - case["momentum"],  # Keras weights the OLD moving value: 1 - bncheck's momentum
-            epsilon=case["eps"], center=case["affine"], scale=case["affine"],
-            dtype=dt if pd == dt else "mixed_" + dt)  # half inputs with float32 parameters: a mixed policy
-        layer.build(np.shape(inputs[PHASES[0] + ".x"]))
-        names = [("gamma", "gamma"), ("beta", "beta")] if case["affine"] else []
-        for attr, key in names + [("moving_mean", "running_mean"), ("moving_variance", "running_var")]:
-            getattr(layer, attr).assign(_tensor(inputs[key], pd))
-        for phase in PHASES:
-            training = phase != "eval"
-            x = _tensor(inputs[phase + ".x"], dt)
-            dy = _tensor(inputs[phase + ".dy"], dt) if case["grad"] else None
-            y, grads = _call(layer, x, training, dy, case["affine"])
-            out[phase + ".y"] = _out(y)
-            if training:
-                out[phase + ".running_mean"] = _out(layer.moving_mean.value)
-                out[phase + ".running_var"] = _out(layer.moving_variance.value)
-            if grads is not None:
-                out[phase + ".dx"] = _out(grads[0])
-                if case["affine"]:
-                    out[phase + ".dgamma"], out[phase + ".dbeta"] = _out(grads[1]), _out(grads[2])
-    return out
-'''

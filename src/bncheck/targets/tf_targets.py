@@ -1,18 +1,18 @@
 """TensorFlow targets: tf.nn.moments + tf.nn.batch_normalization, and the fused kernel tf.raw_ops.FusedBatchNormV3.
 
-Both run eagerly (no tf.function), as a user calling these ops directly would. tensorflow is imported only
-inside `probe` and `run`, which execute in the tensorflow worker process.
+Both run eagerly (no tf.function), as a user calling these ops directly would. The kernel path is
+bncheck/targets/paths/tf_bn.py (shared with the reproduction scripts); tensorflow is imported only inside `probe`
+and that module's functions, which execute in the tensorflow worker process.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import numpy as np
-
 from ..cases import Case
 from ..inputs import Inputs
-from .base import Conventions, Observation, Target, Unsupported
+from .base import Conventions, Observation, Unsupported
+from .kernel import PathTarget
 
 TF_NN_CONVENTIONS = Conventions(
     # tf.nn has no running-statistics update, hence no momentum: "new" and "biased" are placeholders that no
@@ -121,10 +121,6 @@ TF_FUSED_CONVENTIONS = Conventions(
     ),
 )
 
-_DTYPES = {"float16": "float16", "bfloat16": "bfloat16", "float32": "float32", "float64": "float64"}
-_TRANSPORT = {"float16": np.float16, "bfloat16": np.float32, "float32": np.float32, "float64": np.float64}
-
-
 def probe() -> dict[str, Any]:
     """Import tensorflow (and keras) and report versions, devices and the CPU kernel library."""
     import tensorflow as tf
@@ -159,42 +155,18 @@ def _onednn_enabled() -> bool | None:
         return None
 
 
-def _tf_device(device: str) -> str:
-    """TensorFlow device string for a bncheck device kind ('cuda' placement is unverified on this machine)."""
-    return "/GPU:0" if device == "cuda" else "/CPU:0"
-
-
-def _tensor(tf: Any, a: np.ndarray, dtype: str) -> Any:
-    """NumPy transport array -> a new tensor of `dtype` on the current device (exact; never aliases `a`)."""
-    t = tf.convert_to_tensor(np.array(a, dtype=_TRANSPORT[dtype], copy=True))
-    # bfloat16 travels as float32 holding representable values: the cast is exact; identity places and copies
-    return tf.identity(tf.cast(t, getattr(tf, _DTYPES[dtype])))
-
-
-def _numpy(tf: Any, t: Any) -> np.ndarray:
-    """tensor -> a fresh float64 NumPy array (exact)."""
-    return np.array(tf.cast(t, tf.float64).numpy(), dtype=np.float64, copy=True)
-
-
-class _TfBase(Target):
-    """Shared machinery: device placement, tensors in and out, gradients through tf.GradientTape."""
+class _TfBase(PathTarget):
+    """TensorFlow's eager BN paths (paths/tf_bn.py): tf.nn or the fused kernel."""
 
     framework: ClassVar[str] = "tensorflow"
     devices: ClassVar[tuple[str, ...] | None] = ("cpu", "cuda")
+    path_modules: ClassVar[tuple[str, ...]] = ("tf_bn",)
+    path_entry: ClassVar[str] = "tf_bn"
+    fused: ClassVar[bool] = False
 
-    def repro_source(self) -> str:
-        """Standalone code defining run(case, inputs) for reproduction scripts (numpy and tensorflow only)."""
-        return REPRO_SOURCE.format(fused=isinstance(self, TfFused))
-
-    def _gradients(self, tf: Any, case: Case, phase: str, inputs: Inputs, tape: Any, y: Any, x: Any,
-                   params: list[Any], obs: Observation) -> None:
-        """dx, dgamma, dbeta of sum(y * dy): the tape's gradients with dy as the output gradient."""
-        dy = _tensor(tf, inputs[f"{phase}.dy"], case.dtype)
-        grads = tape.gradient(y, [x, *params], output_gradients=dy)
-        obs[f"{phase}.dx"] = _numpy(tf, grads[0])
-        if case.affine:
-            obs[f"{phase}.dgamma"] = _numpy(tf, grads[1])
-            obs[f"{phase}.dbeta"] = _numpy(tf, grads[2])
+    def path_options(self) -> dict[str, Any]:
+        """fused: tf.raw_ops.FusedBatchNormV3; otherwise tf.nn.moments + tf.nn.batch_normalization."""
+        return {"fused": self.fused}
 
 
 class TfNn(_TfBase):
@@ -213,44 +185,6 @@ class TfNn(_TfBase):
             return "tf.nn has no running-statistics update (a trajectory would evaluate with stale statistics)"
         return super().supports(case)
 
-    def run(self, case: Case, inputs: Inputs) -> Observation:
-        """Run every phase of the case through tf.nn and collect what it exposes."""
-        import tensorflow as tf
-
-        obs: Observation = {}
-        axes = [a for a in range(len(case.shape)) if a != case.channel_axis]
-        bshape = [1] * len(case.shape)
-        bshape[case.channel_axis] = case.channels
-        pdt = getattr(tf, _DTYPES[case.param_dtype])
-        with tf.device(_tf_device(self.device)):
-            gamma = _tensor(tf, inputs["gamma"], case.param_dtype) if case.affine else None
-            beta = _tensor(tf, inputs["beta"], case.param_dtype) if case.affine else None
-            rm = _tensor(tf, inputs["running_mean"], case.param_dtype) if case.track_running_stats else None
-            rv = _tensor(tf, inputs["running_var"], case.param_dtype) if case.track_running_stats else None
-            for phase in case.phases:
-                batch_stats = phase != "eval" or not case.track_running_stats
-                x = _tensor(tf, inputs[f"{phase}.x"], case.dtype)
-                params = [gamma, beta] if case.affine else []
-                with tf.GradientTape(persistent=False, watch_accessed_variables=False) as tape:
-                    tape.watch([x, *params])
-                    if batch_stats:
-                        mean, var = tf.nn.moments(x, axes=axes, keepdims=True)
-                        stats = (mean, var)
-                        if mean.dtype != pdt:  # half moments with float32 parameters: exact upcast
-                            mean, var = tf.cast(mean, pdt), tf.cast(var, pdt)
-                    else:
-                        mean, var = tf.reshape(rm, bshape), tf.reshape(rv, bshape)
-                    scale = tf.reshape(gamma, bshape) if case.affine else None
-                    offset = tf.reshape(beta, bshape) if case.affine else None
-                    y = tf.nn.batch_normalization(x, mean, var, offset, scale, variance_epsilon=case.eps)
-                obs[f"{phase}.y"] = _numpy(tf, y)
-                if batch_stats:
-                    obs[f"{phase}.batch_mean"] = _numpy(tf, tf.reshape(stats[0], [case.channels]))
-                    obs[f"{phase}.batch_var"] = _numpy(tf, tf.reshape(stats[1], [case.channels]))
-                if case.grad:
-                    self._gradients(tf, case, phase, inputs, tape, y, x, params, obs)
-        return obs
-
 
 class TfFused(_TfBase):
     """tf.raw_ops.FusedBatchNormV3, eagerly, carrying running statistics from step to step."""
@@ -261,6 +195,7 @@ class TfFused(_TfBase):
         "NHWC/NCHW/NDHWC/NCDHW"
     )
     conventions: ClassVar[Conventions] = TF_FUSED_CONVENTIONS
+    fused: ClassVar[bool] = True
 
     def supports(self, case: Case) -> str | None:
         """The kernel's own limits: 4-D/5-D input, T in half/bfloat16/float32, float32 parameters."""
@@ -274,147 +209,9 @@ class TfFused(_TfBase):
                     f"case has {case.param_dtype}")
         return super().supports(case)
 
-    def _data_format(self, case: Case) -> str:
-        """The data_format attribute that matches the case's physical layout and rank."""
-        rank = len(case.shape)
-        if case.layout == "channels_last":
-            return "NHWC" if rank == 4 else "NDHWC"
-        return "NCHW" if rank == 4 else "NCDHW"
-
     def run(self, case: Case, inputs: Inputs) -> Observation:
-        """Run every phase of `case` through FusedBatchNormV3 and collect its outputs."""
-        import tensorflow as tf
-
+        """The path, after the kernel's limits (normally refused in the parent already: a rank is never reshaped)."""
         reason = self.supports(case)
-        if reason:  # normally refused in the parent already
+        if reason:
             raise Unsupported(reason)
-        obs: Observation = {}
-        C = case.channels
-        fmt = self._data_format(case)
-        factor = float(case.momentum)  # "new" form: the weight of the batch statistic
-        with tf.device(_tf_device(self.device)):
-            scale = _tensor(tf, inputs["gamma"], "float32") if case.affine else tf.ones([C], tf.float32)
-            offset = _tensor(tf, inputs["beta"], "float32") if case.affine else tf.zeros([C], tf.float32)
-            if case.track_running_stats:
-                rm = _tensor(tf, inputs["running_mean"], "float32")
-                rv = _tensor(tf, inputs["running_var"], "float32")
-            for phase in case.phases:
-                training = phase != "eval"
-                batch_stats = training or not case.track_running_stats
-                x = _tensor(tf, inputs[f"{phase}.x"], case.dtype)
-                if batch_stats and case.track_running_stats:
-                    mean, var, f = rm, rv, factor
-                elif batch_stats:  # no running statistics: batch statistics, factor 1 (mean/variance unused)
-                    mean, var, f = tf.zeros([0], tf.float32), tf.zeros([0], tf.float32), 1.0
-                else:
-                    mean, var, f = rm, rv, 1.0
-                params = [scale, offset] if case.affine else []
-                with tf.GradientTape(persistent=False, watch_accessed_variables=False) as tape:
-                    tape.watch([x, *params])
-                    out = tf.raw_ops.FusedBatchNormV3(
-                        x=x, scale=scale, offset=offset, mean=mean, variance=var, epsilon=case.eps,
-                        exponential_avg_factor=f, data_format=fmt, is_training=batch_stats,
-                    )
-                y = out.y
-                obs[f"{phase}.y"] = _numpy(tf, y)
-                if batch_stats:
-                    obs[f"{phase}.batch_mean"] = _numpy(tf, out.reserve_space_1)
-                    if self.device == "cuda":  # cuDNN saves 1/sqrt(var + eps) (unverified here)
-                        obs[f"{phase}.batch_invstd"] = _numpy(tf, out.reserve_space_2)
-                    else:
-                        obs[f"{phase}.batch_var"] = _numpy(tf, out.reserve_space_2)
-                    if f == 1.0:  # the batch_variance output is then the Bessel-corrected batch variance
-                        obs[f"{phase}.batch_var_unbiased"] = _numpy(tf, out.batch_variance)
-                if training and case.track_running_stats:
-                    rm, rv = out.batch_mean, out.batch_variance
-                    obs[f"{phase}.running_mean"] = _numpy(tf, rm)
-                    obs[f"{phase}.running_var"] = _numpy(tf, rv)
-                if case.grad:
-                    self._gradients(tf, case, phase, inputs, tape, y, x, params, obs)
-        return obs
-
-
-REPRO_SOURCE = '''
-import tensorflow as tf
-
-FUSED = {fused!r}  # True: tf.raw_ops.FusedBatchNormV3; False: tf.nn.moments + tf.nn.batch_normalization
-TRANSPORT = {{"float16": np.float16, "bfloat16": np.float32, "float32": np.float32, "float64": np.float64}}
-
-
-def _tensor(a, dtype):
-    t = tf.convert_to_tensor(np.array(a, dtype=TRANSPORT[dtype], copy=True))
-    return tf.identity(tf.cast(t, getattr(tf, dtype)))  # bfloat16 values travel as float32: the cast is exact
-
-
-def _out(t):
-    return np.array(tf.cast(t, tf.float64).numpy(), dtype=np.float64, copy=True)
-
-
-def run(case, inputs):
-    """Every phase through TensorFlow, eagerly, collecting what bncheck compares."""
-    C, rank, tracked = case["shape"][1], len(case["shape"]), case["track_running_stats"]
-    last = case["layout"] == "channels_last"
-    ch = rank - 1 if last else 1
-    axes = [a for a in range(rank) if a != ch]
-    bshape = [C if a == ch else 1 for a in range(rank)]
-    fmt = ("NHWC" if rank == 4 else "NDHWC") if last else ("NCHW" if rank == 4 else "NCDHW")
-    pd = "float32" if FUSED else case["param_dtype"]  # the fused kernel takes float32 parameters only
-    gamma = beta = rm = rv = None
-    out = {{}}
-    with tf.device("/GPU:0" if DEVICE == "cuda" else "/CPU:0"):
-        if case["affine"]:
-            gamma, beta = _tensor(inputs["gamma"], pd), _tensor(inputs["beta"], pd)
-        elif FUSED:
-            gamma, beta = tf.ones([C], tf.float32), tf.zeros([C], tf.float32)
-        if tracked:
-            rm, rv = _tensor(inputs["running_mean"], pd), _tensor(inputs["running_var"], pd)
-        for phase in PHASES:
-            training = phase != "eval"
-            batch = training or not tracked
-            x = _tensor(inputs[phase + ".x"], case["dtype"])
-            params = [gamma, beta] if case["affine"] else []
-            with tf.GradientTape(persistent=False, watch_accessed_variables=False) as tape:
-                tape.watch([x, *params])
-                if FUSED:
-                    # exponential_avg_factor weights the NEW batch statistic (bncheck's momentum); factor 1 and
-                    # empty mean/variance when there are no running statistics
-                    if batch and tracked:
-                        mean, var, f = rm, rv, float(case["momentum"])
-                    elif batch:
-                        mean, var, f = tf.zeros([0], tf.float32), tf.zeros([0], tf.float32), 1.0
-                    else:
-                        mean, var, f = rm, rv, 1.0
-                    res = tf.raw_ops.FusedBatchNormV3(
-                        x=x, scale=gamma, offset=beta, mean=mean, variance=var, epsilon=case["eps"],
-                        exponential_avg_factor=f, data_format=fmt, is_training=batch)
-                    y = res.y
-                else:
-                    if batch:
-                        mean, var = stats = tf.nn.moments(x, axes=axes, keepdims=True)
-                        if mean.dtype != getattr(tf, pd):  # half moments with float32 parameters: exact upcast
-                            mean, var = tf.cast(mean, getattr(tf, pd)), tf.cast(var, getattr(tf, pd))
-                    else:
-                        mean, var = tf.reshape(rm, bshape), tf.reshape(rv, bshape)
-                    scale = tf.reshape(gamma, bshape) if case["affine"] else None
-                    offset = tf.reshape(beta, bshape) if case["affine"] else None
-                    y = tf.nn.batch_normalization(x, mean, var, offset, scale, variance_epsilon=case["eps"])
-            out[phase + ".y"] = _out(y)
-            if batch and FUSED:
-                out[phase + ".batch_mean"] = _out(res.reserve_space_1)  # batch mean
-                # reserve_space_2: the biased batch variance on CPU, 1/sqrt(var + eps) under cuDNN
-                out[phase + (".batch_invstd" if DEVICE == "cuda" else ".batch_var")] = _out(res.reserve_space_2)
-                if f == 1.0:  # batch_variance is then the Bessel-corrected batch variance
-                    out[phase + ".batch_var_unbiased"] = _out(res.batch_variance)
-            elif batch:
-                out[phase + ".batch_mean"] = _out(tf.reshape(stats[0], [C]))
-                out[phase + ".batch_var"] = _out(tf.reshape(stats[1], [C]))
-            if FUSED and training and tracked:  # the fused outputs batch_mean/batch_variance: updated running stats
-                rm, rv = res.batch_mean, res.batch_variance
-                out[phase + ".running_mean"], out[phase + ".running_var"] = _out(rm), _out(rv)
-            if phase + ".dy" in inputs:
-                grads = tape.gradient(y, [x, *params], output_gradients=_tensor(inputs[phase + ".dy"], case["dtype"]))
-                out[phase + ".dx"] = _out(grads[0])
-                if case["affine"]:
-                    out[phase + ".dgamma"], out[phase + ".dbeta"] = _out(grads[1]), _out(grads[2])
-    return out
-'''
+        return super().run(case, inputs)
