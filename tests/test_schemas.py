@@ -1,0 +1,49 @@
+"""The JSON Schemas shipped in the package describe the documents bncheck reads and writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+jsonschema = pytest.importorskip("jsonschema")
+
+from bncheck.cases import CaseError, case_from_dict, shipped_suites_dir  # noqa: E402
+from bncheck.generate import random_cases  # noqa: E402
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "src" / "bncheck" / "schemas"
+
+
+def validator(name: str):
+    """A validator for one shipped schema (itself checked against its metaschema)."""
+    schema = json.loads((SCHEMAS / f"{name}.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_every_shipped_and_generated_case_fits_the_case_schema():
+    v = validator("case")
+    rows = [json.loads(line) for f in shipped_suites_dir().glob("*.jsonl") for line in f.read_text().splitlines()
+            if line.strip()]
+    rows += [{**c.to_dict(), "meta": c.meta} for c in random_cases(300, seed=3)]
+    assert len(rows) > 500
+    for row in rows:
+        errors = sorted(v.iter_errors(row), key=str)
+        assert not errors, (row, errors[0].message)
+
+
+@pytest.mark.parametrize("bad", [
+    {}, {"shape": [8]}, {"shape": [8, 3], "layout": "channels_last"}, {"shape": [8, 3], "dtype": "int8"},
+    {"shape": [8, 3], "mode": "eval", "steps": 1}, {"shape": [8, 3], "mode": "trajectory", "steps": 65},
+    {"shape": [8, 3], "momentum": 1.5}, {"shape": [8, 3], "eps": -1}, {"shape": [8, 3], "colour": 1},
+    {"shape": [8, 3], "regime": {"x": {"dist": "normal", "loc": 0}}},
+    {"shape": [8, 3], "regime": {"x": {"dist": "normal", "loc": 0, "scale": 1, "inject": {"value": "nan"}}}},
+    {"shape": [8, 3], "regime": {"data": {"file": "../x.npz", "sha256": "0" * 64}}},
+    {"shape": [8, 3], "regime": {"data": {"file": "x.npz", "sha256": "0" * 64}, "x": {"dist": "constant", "value": 1}}},
+])
+def test_what_the_loader_rejects_the_schema_rejects(bad):
+    """Both the schema and case_from_dict refuse these: the schema is not looser than the loader on them."""
+    with pytest.raises(CaseError):
+        case_from_dict(bad)
+    assert list(validator("case").iter_errors(bad))
