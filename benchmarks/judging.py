@@ -32,24 +32,21 @@ def capture(pattern: str, cases: list[Any]) -> tuple[list[tuple[str, Any, dict[s
     from bncheck.store import Store
 
     captured: list[tuple[str, Any, dict[str, Any]]] = []
-    judge = runner.judge_outcome
 
-    def keep(state: Any, target: Any, out: Any) -> Any:
-        """Keep the observation, then judge it as the run does."""
+    def keep(case_id: str, target: Any, out: Any) -> None:
+        """Keep the observation; the run then judges it as usual."""
         if out.status == "ok":
-            captured.append((state.case_id, target, out.reply.get("observation", {})))
-        return judge(state, target, out)
+            captured.append((case_id, target, out.reply.get("observation", {})))
 
-    runner.judge_outcome = keep
     d = runner.discover(pattern)
     try:
         runner.check_plan(d, pattern)
         with tempfile.TemporaryDirectory(prefix="bncheck-judging-") as tmp:
             store = Store(Path(tmp) / "results.sqlite")
-            runner.execute(store, store.begin_run("benchmark", ["generated"], {}), cases, d, timeout=600)
+            runner.execute(store, store.begin_run("benchmark", ["generated"], {}), cases, d, timeout=600,
+                           on_outcome=keep)
             store.close()
     finally:
-        runner.judge_outcome = judge
         d.close()
     return captured, [t.name for t in d.runnable]
 

@@ -405,10 +405,12 @@ def execute(
     on_result: Callable[[Result], None] | None = None, done: set[tuple[str, str]] | None = None,
     broken: dict[str, str] | None = None, consecutive: dict[str, int] | None = None,
     broken_after: int = BROKEN_AFTER, per_worker: int = TARGETS_PER_WORKER,
+    on_outcome: Callable[[str, Target, Outcome], None] | None = None,
 ) -> int:
     """Execute every case on every runnable target (but the pairs in `done`), frameworks in parallel; returns how many ran."""
     # each result is committed as it is judged; `broken` and `consecutive` carry a resumed run's broken targets
-    # and trailing crash counts; a target newly marked broken is recorded with store.add_event
+    # and trailing crash counts; a target newly marked broken is recorded with store.add_event; `on_outcome` sees
+    # every worker outcome (case id, target, outcome) before it is judged (benchmarks/judging.py keeps them)
     done = done or set()
     broken = dict(broken or {})
     consecutive = dict(consecutive or {})
@@ -510,6 +512,8 @@ def execute(
             with lock:
                 state = states[idx]
             tail = out.stderr_tail
+            if on_outcome is not None:
+                on_outcome(state.case_id, target, out)
             try:
                 status, message, verdicts = judge_outcome(state, target, out)
             except Exception as e:  # a fault in bncheck's own judging is recorded, not fatal to the run
