@@ -91,8 +91,8 @@ def test_sigterm_during_start_up_keeps_the_previous_reports(tmp_path):
     assert (out / "results.json").read_bytes() == before
 
 
-@pytest.mark.parametrize("phase, sig", [("shrink", signal.SIGINT), ("repro", signal.SIGTERM),
-                                        ("reports", signal.SIGINT), ("reports", signal.SIGTERM)])
+@pytest.mark.parametrize("phase", ["shrink", "repro", "reports"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_after_execution_writes_interrupted_reports_and_resume_completes_them(tmp_path, phase, sig):
     """Shrinking and scripts stop at once; report writing finishes first (the signal is held) and then says so."""
     out = tmp_path / "out"
