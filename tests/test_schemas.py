@@ -47,3 +47,22 @@ def test_what_the_loader_rejects_the_schema_rejects(bad):
     with pytest.raises(CaseError):
         case_from_dict(bad)
     assert list(validator("case").iter_errors(bad))
+
+
+def test_baselines_bncheck_writes_fit_the_baseline_schema():
+    """make_baseline's output, from a run with findings and pseudo-findings, validates; a broken one does not."""
+    from datetime import date
+
+    from bncheck.gate import make_baseline
+
+    doc = {"schema": "bncheck.results", "run": {"run_id": "r", "sources": ["smoke"], "manifest": {"frameworks": {
+        "torch": {"version": "2.13.0"}}}},
+        "findings": [{"signature": "abc", "target": "t@cpu", "quantity": "y", "hypothesis": "h",
+                      "classification": "precision", "regime": "standard", "count": 2, "cases": ["c1", "c2"],
+                      "worst": {"case_id": "c1", "ratio": "inf"}}],
+        "executions": [{"case_id": "c3", "target": "t@cpu", "status": "crash", "message": "died"}]}
+    base = json.loads(json.dumps(make_baseline(doc, date(2026, 12, 3), "known", date(2027, 1, 1))))
+    v = validator("baseline")
+    assert not list(v.iter_errors(base))
+    base["accepted"][0]["worst_ratio"] = -1
+    assert list(v.iter_errors(base))
