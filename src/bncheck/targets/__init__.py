@@ -21,6 +21,8 @@ BUILTIN_FRAMEWORKS: dict[str, Framework] = {
         "bncheck.targets.tf_targets:probe", env=(("KERAS_BACKEND", "tensorflow"),),
     ),
     "jax": Framework("jax", ("jax", "flax"), CONSTRAINTS_HINT.format(extra="jax"), "bncheck.targets.jax_targets:probe"),
+    # onnx.reference needs onnx alone: its own worker, so that it runs where onnxruntime is not installed
+    "onnx": Framework("onnx", ("onnx",), CONSTRAINTS_HINT.format(extra="onnx"), "bncheck.targets.onnx_reference_targets:probe"),
     "keras-jax": Framework(
         "keras-jax", ("keras", "jax"), CONSTRAINTS_HINT.format(extra="jax,keras"), "bncheck.targets.keras_targets:probe",
         env=(("KERAS_BACKEND", "jax"),),
@@ -39,6 +41,9 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "ort.opset15": "bncheck.targets.ort_targets:OrtOpset15",
     "ort.opset14": "bncheck.targets.ort_targets:OrtOpset14",
     "ort.opset9": "bncheck.targets.ort_targets:OrtOpset9",
+    "onnx.reference.opset15": "bncheck.targets.onnx_reference_targets:OnnxReferenceOpset15",
+    "onnx.reference.opset14": "bncheck.targets.onnx_reference_targets:OnnxReferenceOpset14",
+    "onnx.reference.opset9": "bncheck.targets.onnx_reference_targets:OnnxReferenceOpset9",
     "tf.keras": "bncheck.targets.keras_targets:KerasOnTensorflow",
     "tf.nn": "bncheck.targets.tf_targets:TfNn",
     "tf.fused": "bncheck.targets.tf_targets:TfFused",
