@@ -25,6 +25,11 @@ BUILTIN_FRAMEWORKS: dict[str, Framework] = {
     "onnx": Framework("onnx", ("onnx",), CONSTRAINTS_HINT.format(extra="onnx"), "bncheck.targets.onnx_reference_targets:probe"),
     # torch.onnx.export then ONNX Runtime: torch, the exporter's onnxscript and onnxruntime in one process (see
     # torch_onnx_targets for why this is not the torch or the onnxruntime group)
+    # torch.compile: a process of its own, compiling beside the eager torch targets (see torch_compile_targets)
+    "torch-compile": Framework(
+        "torch-compile", ("torch",), CONSTRAINTS_HINT.format(extra="torch"), "bncheck.targets.torch_compile_targets:probe",
+        env=(("TORCHINDUCTOR_COMPILE_THREADS", "1"),),
+    ),
     "torch-onnx": Framework(
         "torch-onnx", ("torch", "onnxscript", "onnxruntime", "onnx"), CONSTRAINTS_HINT.format(extra="torch-onnx"),
         "bncheck.targets.torch_onnx_targets:probe",
@@ -44,6 +49,7 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "torch.nn.channels_last": "bncheck.targets.torch_targets:TorchModuleChannelsLast",
     "torch.functional": "bncheck.targets.torch_targets:TorchFunctional",
     "torch.nn.nocudnn": "bncheck.targets.torch_targets:TorchModuleNoCudnn",
+    "torch.compile": "bncheck.targets.torch_compile_targets:TorchCompile",
     "torch.onnx.export+ort": "bncheck.targets.torch_onnx_targets:TorchOnnxExport",
     "ort.opset15": "bncheck.targets.ort_targets:OrtOpset15",
     "ort.opset14": "bncheck.targets.ort_targets:OrtOpset14",
