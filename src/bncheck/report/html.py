@@ -23,6 +23,7 @@ import jinja2
 
 from . import svg
 from ..files import write_atomic
+from .paths import framework_group, matrix_order, source_target
 from .results import plugin_args, root_causes
 
 _env = jinja2.Environment(
@@ -134,7 +135,7 @@ def _matrix(doc: dict[str, Any]) -> dict[str, Any]:
         c["state:" + _exec_state(e)] += 1
         c["total"] += 1
     cols = sources + (["other"] if used_other else [])
-    names = [t["name"] for t in doc["targets"]]
+    names = [t["name"] for t in sorted(doc["targets"], key=matrix_order)]  # grouped by framework and path kind
     names += sorted({e["target"] for e in doc["executions"]} - set(names))
     tinfo = {t["name"]: t for t in doc["targets"]}
     rows = []
@@ -160,7 +161,8 @@ def _matrix(doc: dict[str, Any]) -> dict[str, Any]:
             row_cells.append({"cls": worst, "text": text, "sub": sub,
                               "tip": (tip + (f" ({breakdown})" if breakdown else "")) or "no executions"})
         obs = (t.get("observed") or {}).get("running_var")
-        rows.append({"t": t, "cells": row_cells, "observed": obs})
+        rows.append({"t": t, "cells": row_cells, "observed": obs, "group": framework_group(t),
+                     "kind": t.get("path_kind") or "eager", "source": source_target(t) if "device" in t else None})
     return {"cols": cols, "rows": rows}
 
 

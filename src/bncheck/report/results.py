@@ -13,6 +13,7 @@ from typing import Any
 from ..cases import case_from_dict
 from ..files import write_atomic
 from ..store import Store
+from .paths import annotate_conversions, path_fields
 
 SCHEMA = "bncheck.results"
 SCHEMA_VERSION = 1
@@ -132,6 +133,7 @@ def build_results(store: Store, run_id: str) -> dict[str, Any]:
         targets.append({"name": t["name"], "framework": t["framework"], "device": t["device"], "version": t["version"],
                         "available": t["available"], "reason": t["reason"], "description": info.get("description", ""),
                         "conventions": info.get("conventions", {}), "observed": {"running_var": conv.get(t["name"])},
+                        "family": info.get("family", t["name"].split("@")[0]), **path_fields(info),
                         "broken": t["name"] in broken, "broken_reason": broken.get(t["name"], "")})
     by_target: dict[str, Counter[str]] = {}
     for e in executions:
@@ -156,6 +158,7 @@ def build_results(store: Store, run_id: str) -> dict[str, Any]:
         for v in e["verdicts"]:
             v.setdefault("ratio_value", float(v["ratio"]) if v["ratio"] not in ("inf", "nan") else float("inf"))
     findings = build_findings(out_execs, cases, {(e["case_id"], e["target"]): e["verdicts"] for e in executions})
+    annotate_conversions(findings, out_execs, targets)
     for e in out_execs:
         for v in e["deviations"]:
             v.pop("ratio_value", None)

@@ -21,6 +21,19 @@ BUILTIN_FRAMEWORKS: dict[str, Framework] = {
         "bncheck.targets.tf_targets:probe", env=(("KERAS_BACKEND", "tensorflow"),),
     ),
     "jax": Framework("jax", ("jax", "flax"), CONSTRAINTS_HINT.format(extra="jax"), "bncheck.targets.jax_targets:probe"),
+    # onnx.reference needs onnx alone: its own worker, so that it runs where onnxruntime is not installed
+    "onnx": Framework("onnx", ("onnx",), CONSTRAINTS_HINT.format(extra="onnx"), "bncheck.targets.onnx_reference_targets:probe"),
+    # torch.onnx.export then ONNX Runtime: torch, the exporter's onnxscript and onnxruntime in one process (see
+    # torch_onnx_targets for why this is not the torch or the onnxruntime group)
+    # torch.compile: a process of its own, compiling beside the eager torch targets (see torch_compile_targets)
+    "torch-compile": Framework(
+        "torch-compile", ("torch",), CONSTRAINTS_HINT.format(extra="torch"), "bncheck.targets.torch_compile_targets:probe",
+        env=(("TORCHINDUCTOR_COMPILE_THREADS", "1"),),
+    ),
+    "torch-onnx": Framework(
+        "torch-onnx", ("torch", "onnxscript", "onnxruntime", "onnx"), CONSTRAINTS_HINT.format(extra="torch-onnx"),
+        "bncheck.targets.torch_onnx_targets:probe",
+    ),
     "keras-jax": Framework(
         "keras-jax", ("keras", "jax"), CONSTRAINTS_HINT.format(extra="jax,keras"), "bncheck.targets.keras_targets:probe",
         env=(("KERAS_BACKEND", "jax"),),
@@ -36,9 +49,14 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "torch.nn.channels_last": "bncheck.targets.torch_targets:TorchModuleChannelsLast",
     "torch.functional": "bncheck.targets.torch_targets:TorchFunctional",
     "torch.nn.nocudnn": "bncheck.targets.torch_targets:TorchModuleNoCudnn",
+    "torch.compile": "bncheck.targets.torch_compile_targets:TorchCompile",
+    "torch.onnx.export+ort": "bncheck.targets.torch_onnx_targets:TorchOnnxExport",
     "ort.opset15": "bncheck.targets.ort_targets:OrtOpset15",
     "ort.opset14": "bncheck.targets.ort_targets:OrtOpset14",
     "ort.opset9": "bncheck.targets.ort_targets:OrtOpset9",
+    "onnx.reference.opset15": "bncheck.targets.onnx_reference_targets:OnnxReferenceOpset15",
+    "onnx.reference.opset14": "bncheck.targets.onnx_reference_targets:OnnxReferenceOpset14",
+    "onnx.reference.opset9": "bncheck.targets.onnx_reference_targets:OnnxReferenceOpset9",
     "tf.keras": "bncheck.targets.keras_targets:KerasOnTensorflow",
     "tf.nn": "bncheck.targets.tf_targets:TfNn",
     "tf.fused": "bncheck.targets.tf_targets:TfFused",
