@@ -125,10 +125,12 @@ def test_run_smoke_writes_real_results(tmp_path, cli):
         assert e["status"] in ("ok", "unsupported"), e
         for d in e["deviations"]:
             assert {"quantity", "key", "ratio", "max_abs", "max_rel", "max_ulp"} <= set(d)
-    # every torch float32 execution agrees with the reference; the summary table names the conventions
+    # every float32 execution of torch's eager paths agrees with the reference (the compiled and exported torch
+    # paths have findings of their own: docs/paths.md); the summary table names the conventions
     for e in doc["executions"]:
         case = doc["cases"][e["case_id"]]
-        if e["target"].startswith("torch") and case["dtype"] == "float32":
+        eager = targets[e["target"]]["path_kind"] == "eager"
+        if e["target"].startswith("torch") and eager and case["dtype"] == "float32":
             assert not e["deviations"], e
             rank_limit = e["target"].startswith("torch.nn.channels_last") and "not accepted (ranks 4, 5)" in e["message"]
             assert e["status"] == "ok" or (e["status"] == "unsupported" and rank_limit), e
