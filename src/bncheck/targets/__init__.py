@@ -20,6 +20,15 @@ BUILTIN_FRAMEWORKS: dict[str, Framework] = {
         "tensorflow", ("tensorflow-cpu|tensorflow", "keras"), CONSTRAINTS_HINT.format(extra="tensorflow"),
         "bncheck.targets.tf_targets:probe", env=(("KERAS_BACKEND", "tensorflow"),),
     ),
+    # Keras 2: tf.keras is tf_keras only when TF_USE_LEGACY_KERAS is set before tensorflow is imported, so it
+    # cannot share the tensorflow worker (Keras 3). tf-keras requires the 'tensorflow' distribution: beside
+    # tensorflow-cpu it is installed without its dependencies (see constraints.txt)
+    "tf-keras": Framework(
+        "tf-keras", ("tensorflow-cpu|tensorflow", "tf-keras"),
+        "pip install --no-deps -c constraints.txt tf-keras==2.21.0 (after 'bncheck[tensorflow]'; tf-keras "
+        "requires the 'tensorflow' distribution, which tensorflow-cpu provides under another name)",
+        "bncheck.targets.tf_keras_targets:probe", env=(("TF_USE_LEGACY_KERAS", "1"),),
+    ),
     "jax": Framework("jax", ("jax", "flax"), CONSTRAINTS_HINT.format(extra="jax"), "bncheck.targets.jax_targets:probe"),
     "keras-jax": Framework(
         "keras-jax", ("keras", "jax"), CONSTRAINTS_HINT.format(extra="jax,keras"), "bncheck.targets.keras_targets:probe",
@@ -44,6 +53,8 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "tf.nn": "bncheck.targets.tf_targets:TfNn",
     "tf.fused": "bncheck.targets.tf_targets:TfFused",
     "tf.nn.xla": "bncheck.targets.tf_targets:TfNnXla",
+    "tf_keras.fused": "bncheck.targets.tf_keras_targets:TfKerasFused",
+    "tf_keras.unfused": "bncheck.targets.tf_keras_targets:TfKerasUnfused",
     "flax.linen": "bncheck.targets.jax_targets:FlaxLinen",
     "flax.linen.two_pass": "bncheck.targets.jax_targets:FlaxLinenTwoPass",
     "flax.nnx": "bncheck.targets.jax_targets:FlaxNnx",
