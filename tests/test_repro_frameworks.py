@@ -54,6 +54,14 @@ np.savez(dest, **{k: np.asarray(v) for k, v in saved.items()})
 """
 ROW = re.compile(r"^(\S+\.\S+)\s+([0-9.e+-]+|inf|nan)\s+([0-9.e+-]+|inf|nan)\s+\[")
 
+# deviations that are real and left visible on the benign case (measured; see each family's conventions notes):
+# equinox's mode 'ema' normalises training with the blended running statistics, its mode 'batch' evaluates with the
+# zero-debiased ones
+KNOWN_DEVIATIONS: dict[str, set[str]] = {
+    "equinox.ema": {f"train{i}.{q}" for i in range(2) for q in ("y", "dx", "dgamma")},
+    "equinox.batch": {"eval.y", "eval.dx", "eval.dgamma"},
+}
+
 
 def _need(family: str) -> None:
     """Skip unless the family's framework is installed (package metadata; nothing is imported into this process)."""
@@ -136,7 +144,10 @@ def test_script_matches_adapter_bit_for_bit(family, tmp_path, workers):
     _need(family)
     case = _benign(family)
     rows = _check_identical(family, case, tmp_path, workers)
-    assert all(err < 1e-4 for err, _ in rows.values()), rows  # and agrees with the script's float64 reference
+    known = KNOWN_DEVIATIONS.get(family, set())
+    # and agrees with the script's float64 reference, but where a known deviation shows (measured above 1)
+    assert all(err < 1e-4 for k, (err, _) in rows.items() if k not in known), rows
+    assert all(rows[k][0] > 1e-3 for k in known), rows
 
 
 def test_flax_linen_script_shows_the_one_pass_variance_cancellation(tmp_path, workers):

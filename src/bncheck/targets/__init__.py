@@ -30,6 +30,9 @@ BUILTIN_FRAMEWORKS: dict[str, Framework] = {
         "bncheck.targets.tf_keras_targets:probe", env=(("TF_USE_LEGACY_KERAS", "1"),),
     ),
     "jax": Framework("jax", ("jax", "flax"), CONSTRAINTS_HINT.format(extra="jax"), "bncheck.targets.jax_targets:probe"),
+    # equinox in its own group, so that a missing equinox leaves the flax targets alone
+    "equinox": Framework("equinox", ("jax", "equinox"), CONSTRAINTS_HINT.format(extra="equinox"),
+                         "bncheck.targets.equinox_targets:probe"),
     "keras-jax": Framework(
         "keras-jax", ("keras", "jax"), CONSTRAINTS_HINT.format(extra="jax,keras"), "bncheck.targets.keras_targets:probe",
         env=(("KERAS_BACKEND", "jax"),),
@@ -58,7 +61,11 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "flax.linen": "bncheck.targets.jax_targets:FlaxLinen",
     "flax.linen.two_pass": "bncheck.targets.jax_targets:FlaxLinenTwoPass",
     "flax.nnx": "bncheck.targets.jax_targets:FlaxNnx",
+    "flax.linen.eager": "bncheck.targets.jax_targets:FlaxLinenEager",
+    "flax.nnx.eager": "bncheck.targets.jax_targets:FlaxNnxEager",
     "jax.jit": "bncheck.targets.jax_targets:JaxJit",
+    "equinox.ema": "bncheck.targets.equinox_targets:EquinoxEma",
+    "equinox.batch": "bncheck.targets.equinox_targets:EquinoxBatch",
     "keras.jax": "bncheck.targets.keras_targets:KerasOnJax",
     "keras.torch": "bncheck.targets.keras_targets:KerasOnTorch",
 }
