@@ -29,6 +29,12 @@ BUILTIN_FRAMEWORKS: dict[str, Framework] = {
         "requires the 'tensorflow' distribution, which tensorflow-cpu provides under another name)",
         "bncheck.targets.tf_keras_targets:probe", env=(("TF_USE_LEGACY_KERAS", "1"),),
     ),
+    # LiteRT: TensorFlow's converter and Keras 3 (the source model) beside the ai_edge_litert interpreter; its own
+    # group, so that a missing ai-edge-litert leaves the tensorflow group alone
+    "litert": Framework(
+        "litert", ("tensorflow-cpu|tensorflow", "keras", "ai-edge-litert"), CONSTRAINTS_HINT.format(extra="litert"),
+        "bncheck.targets.litert_targets:probe", env=(("KERAS_BACKEND", "tensorflow"),),
+    ),
     "jax": Framework("jax", ("jax", "flax"), CONSTRAINTS_HINT.format(extra="jax"), "bncheck.targets.jax_targets:probe"),
     # equinox in its own group, so that a missing equinox leaves the flax targets alone
     "equinox": Framework("equinox", ("jax", "equinox"), CONSTRAINTS_HINT.format(extra="equinox"),
@@ -56,6 +62,8 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "tf.nn": "bncheck.targets.tf_targets:TfNn",
     "tf.fused": "bncheck.targets.tf_targets:TfFused",
     "tf.nn.xla": "bncheck.targets.tf_targets:TfNnXla",
+    "tf.keras+litert": "bncheck.targets.litert_targets:LiteRt",
+    "tf.keras+litert.fp16": "bncheck.targets.litert_targets:LiteRtFloat16Weights",
     "tf_keras.fused": "bncheck.targets.tf_keras_targets:TfKerasFused",
     "tf_keras.unfused": "bncheck.targets.tf_keras_targets:TfKerasUnfused",
     "flax.linen": "bncheck.targets.jax_targets:FlaxLinen",
