@@ -27,3 +27,15 @@ def test_judging_benchmark_prints_every_stage_and_their_total() -> None:
     assert set(stages) == {"inputs", "reference + bounds", "compare", "diagnosis", "verdicts to dicts", "total"}
     parts = sum(float(v) for k, v in stages.items() if k != "total")
     assert abs(parts - float(stages["total"])) <= 0.0035  # six figures, each rounded to the millisecond
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+def test_path_costs_benchmark_prints_a_row_per_family_and_the_totals() -> None:
+    """benchmarks/path_costs.py on the smoke suite and one family: its row and a total row, figures that add up."""
+    r = subprocess.run([sys.executable, "benchmarks/path_costs.py", "--suite", "smoke", "--targets", "torch.functional"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = re.search(r"^torch.functional +(\d+) +([\d.]+) +([\d.]+) +([\d.]+) +0$", r.stdout, re.M)
+    total = re.search(r"^total +([\d.]+) +([\d.]+) +([\d.]+)$", r.stdout, re.M)
+    assert row and total, r.stdout
+    assert int(row[1]) >= 1 and [row[2], row[3], row[4]] == [total[1], total[2], total[3]]
