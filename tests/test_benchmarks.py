@@ -38,3 +38,15 @@ def test_reports_benchmark_runs_and_prints_both_ways() -> None:
     assert re.search(r"^now: +render_files \d+\.\d+ s", r.stdout, re.M), r.stdout
     assert re.search(r"^before: textwrap payload .* ratio \d+x\)$", r.stdout, re.M), r.stdout
     assert re.search(r"^bncheck run of that case .* 1 finding\(s\); times: .*writing reports", r.stdout, re.M), r.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+def test_path_costs_benchmark_prints_a_row_per_family_and_the_totals() -> None:
+    """benchmarks/path_costs.py on the smoke suite and one family: its row and a total row, figures that add up."""
+    r = subprocess.run([sys.executable, "benchmarks/path_costs.py", "--suite", "smoke", "--targets", "torch.functional"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = re.search(r"^torch.functional +(\d+) +([\d.]+) +([\d.]+) +([\d.]+) +0$", r.stdout, re.M)
+    total = re.search(r"^total +([\d.]+) +([\d.]+) +([\d.]+)$", r.stdout, re.M)
+    assert row and total, r.stdout
+    assert int(row[1]) >= 1 and [row[2], row[3], row[4]] == [total[1], total[2], total[3]]

@@ -11,7 +11,8 @@ from bncheck.targets import family_class, family_names
 from bncheck.targets.base import CONVERSION_KINDS, PATH_KINDS
 from bncheck.targets.kernel import PathTarget, path_module
 
-FRAMEWORK_MODULES = ("torch", "tensorflow", "keras", "jax", "flax", "onnx", "onnxruntime", "openvino")
+FRAMEWORK_MODULES = ("torch", "tensorflow", "keras", "tf_keras", "jax", "flax", "equinox", "onnx", "onnxruntime",
+                     "openvino", "ai_edge_litert")
 
 
 def _path_modules() -> list[str]:

@@ -20,6 +20,21 @@ BUILTIN_FRAMEWORKS: dict[str, Framework] = {
         "tensorflow", ("tensorflow-cpu|tensorflow", "keras"), CONSTRAINTS_HINT.format(extra="tensorflow"),
         "bncheck.targets.tf_targets:probe", env=(("KERAS_BACKEND", "tensorflow"),),
     ),
+    # Keras 2: tf.keras is tf_keras only when TF_USE_LEGACY_KERAS is set before tensorflow is imported, so it
+    # cannot share the tensorflow worker (Keras 3). tf-keras requires the 'tensorflow' distribution: beside
+    # tensorflow-cpu it is installed without its dependencies (see constraints.txt)
+    "tf-keras": Framework(
+        "tf-keras", ("tensorflow-cpu|tensorflow", "tf-keras"),
+        "pip install --no-deps -c constraints.txt tf-keras==2.21.0 (after 'bncheck[tensorflow]'; tf-keras "
+        "requires the 'tensorflow' distribution, which tensorflow-cpu provides under another name)",
+        "bncheck.targets.tf_keras_targets:probe", env=(("TF_USE_LEGACY_KERAS", "1"),),
+    ),
+    # LiteRT: TensorFlow's converter and Keras 3 (the source model) beside the ai_edge_litert interpreter; its own
+    # group, so that a missing ai-edge-litert leaves the tensorflow group alone
+    "litert": Framework(
+        "litert", ("tensorflow-cpu|tensorflow", "keras", "ai-edge-litert"), CONSTRAINTS_HINT.format(extra="litert"),
+        "bncheck.targets.litert_targets:probe", env=(("KERAS_BACKEND", "tensorflow"),),
+    ),
     "jax": Framework("jax", ("jax", "flax"), CONSTRAINTS_HINT.format(extra="jax"), "bncheck.targets.jax_targets:probe"),
     # onnx.reference needs onnx alone: its own worker, so that it runs where onnxruntime is not installed
     "onnx": Framework("onnx", ("onnx",), CONSTRAINTS_HINT.format(extra="onnx"), "bncheck.targets.onnx_reference_targets:probe"),
@@ -34,6 +49,9 @@ BUILTIN_FRAMEWORKS: dict[str, Framework] = {
         "torch-onnx", ("torch", "onnxscript", "onnxruntime", "onnx"), CONSTRAINTS_HINT.format(extra="torch-onnx"),
         "bncheck.targets.torch_onnx_targets:probe",
     ),
+    # equinox in its own group, so that a missing equinox leaves the flax targets alone
+    "equinox": Framework("equinox", ("jax", "equinox"), CONSTRAINTS_HINT.format(extra="equinox"),
+                         "bncheck.targets.equinox_targets:probe"),
     "keras-jax": Framework(
         "keras-jax", ("keras", "jax"), CONSTRAINTS_HINT.format(extra="jax,keras"), "bncheck.targets.keras_targets:probe",
         env=(("KERAS_BACKEND", "jax"),),
@@ -58,12 +76,25 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "onnx.reference.opset14": "bncheck.targets.onnx_reference_targets:OnnxReferenceOpset14",
     "onnx.reference.opset9": "bncheck.targets.onnx_reference_targets:OnnxReferenceOpset9",
     "tf.keras": "bncheck.targets.keras_targets:KerasOnTensorflow",
+    "tf.keras.xla": "bncheck.targets.keras_targets:KerasOnTensorflowXla",
     "tf.nn": "bncheck.targets.tf_targets:TfNn",
     "tf.fused": "bncheck.targets.tf_targets:TfFused",
+    "tf.nn.xla": "bncheck.targets.tf_targets:TfNnXla",
+    "tf.keras+litert": "bncheck.targets.litert_targets:LiteRt",
+    "tf.keras+litert.fp16": "bncheck.targets.litert_targets:LiteRtFloat16Weights",
+    "tf_keras.fused": "bncheck.targets.tf_keras_targets:TfKerasFused",
+    "tf_keras.unfused": "bncheck.targets.tf_keras_targets:TfKerasUnfused",
     "flax.linen": "bncheck.targets.jax_targets:FlaxLinen",
     "flax.linen.two_pass": "bncheck.targets.jax_targets:FlaxLinenTwoPass",
     "flax.nnx": "bncheck.targets.jax_targets:FlaxNnx",
+    # the two eager families at odd places: the runner deals a group's families round-robin over its workers
+    # (runner.plan_lanes), so both land in one process, where their primitives compile once (measured: 36 s of
+    # CPU for flax.nnx.eager alone on the default suite, 11 s after flax.linen.eager)
+    "flax.linen.eager": "bncheck.targets.jax_targets:FlaxLinenEager",
     "jax.jit": "bncheck.targets.jax_targets:JaxJit",
+    "flax.nnx.eager": "bncheck.targets.jax_targets:FlaxNnxEager",
+    "equinox.ema": "bncheck.targets.equinox_targets:EquinoxEma",
+    "equinox.batch": "bncheck.targets.equinox_targets:EquinoxBatch",
     "keras.jax": "bncheck.targets.keras_targets:KerasOnJax",
     "keras.torch": "bncheck.targets.keras_targets:KerasOnTorch",
 }

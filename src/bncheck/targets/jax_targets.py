@@ -9,6 +9,7 @@ the framework bakes them in, affine, tracking, mode, gradients) and jax.jit re-t
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from .base import Conventions
@@ -166,6 +167,24 @@ JIT_CONVENTIONS = Conventions(
 )
 
 
+_EAGER_NOTE = (
+    " Eager: the same module, forward and jax.vjp run outside jax.jit, so JAX dispatches every primitive on its "
+    "own (each compiled once per shape and dtype and cached by JAX) and XLA fuses nothing across operations. "
+    "Same conventions as under jax.jit (measured), but other rounding: on float32 data about a third of the "
+    "elements of y and dx differ from the jitted path's in their last bits, and where the one-pass variance "
+    "cancels the two paths cancel differently."
+)
+_EAGER_EXPERIMENT = (
+    "experiment (tests/test_flax_eager_targets.py): the benign cases pass under the declared conventions; the "
+    "jitted and the eager path give different bits on the same case (measured on (8, 4, 5, 5) float32: 256 of "
+    "800 y elements, max relative difference 1.5e-6)"
+)
+LINEN_EAGER_CONVENTIONS = replace(LINEN_CONVENTIONS, notes=LINEN_CONVENTIONS.notes + _EAGER_NOTE,
+                                  sources=LINEN_CONVENTIONS.sources + (_EAGER_EXPERIMENT,))
+NNX_EAGER_CONVENTIONS = replace(NNX_CONVENTIONS, notes=NNX_CONVENTIONS.notes + _EAGER_NOTE,
+                                sources=NNX_CONVENTIONS.sources + (_EAGER_EXPERIMENT,))
+
+
 def probe() -> dict[str, Any]:
     """Import jax and flax (64-bit enabled) and report versions, devices and backend details."""
     from .paths.jax_bn import jax_enable_x64, jax_gpu_devices
@@ -255,3 +274,36 @@ class JaxJit(_JaxBase):
     )
     conventions: ClassVar[Conventions] = JIT_CONVENTIONS
     api: ClassVar[str] = "jit"
+
+
+# ---- eager: the same flax layers outside jax.jit --------------------------------------------------
+class FlaxLinenEager(FlaxLinen):
+    """flax.linen.BatchNorm with its default settings, applied eagerly (no jax.jit: op-by-op dispatch)."""
+
+    family: ClassVar[str] = "flax.linen.eager"
+    description: ClassVar[str] = (
+        "flax.linen.BatchNorm with default settings, applied with Module.apply and jax.vjp outside jax.jit "
+        "(every primitive dispatched and compiled on its own)"
+    )
+    conventions: ClassVar[Conventions] = LINEN_EAGER_CONVENTIONS
+    path_kind: ClassVar[str] = "eager"
+
+    def path_options(self) -> dict[str, Any]:
+        """linen, outside jax.jit."""
+        return {**super().path_options(), "jit": False}
+
+
+class FlaxNnxEager(FlaxNnx):
+    """flax.nnx.BatchNorm with its default settings, called eagerly (no jax.jit)."""
+
+    family: ClassVar[str] = "flax.nnx.eager"
+    description: ClassVar[str] = (
+        "flax.nnx.BatchNorm with default settings, merged and called with jax.vjp outside jax.jit (every "
+        "primitive dispatched and compiled on its own)"
+    )
+    conventions: ClassVar[Conventions] = NNX_EAGER_CONVENTIONS
+    path_kind: ClassVar[str] = "eager"
+
+    def path_options(self) -> dict[str, Any]:
+        """nnx, outside jax.jit."""
+        return {**super().path_options(), "jit": False}

@@ -11,6 +11,7 @@ scripts); keras and the backend framework are imported only inside `probe` and t
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from .base import Conventions
@@ -144,6 +145,35 @@ _F64_NOTE = (" float64: the layer accepts float64 and returns float64 with float
              "everything in float32 and casts back: float64 results carry float32 errors (a real precision "
              "property, left visible).")
 
+_XLA_SOURCES = (
+    "https://www.tensorflow.org/api_docs/python/tf/function (jit_compile=True: the function is compiled by XLA "
+    "or the call fails; no silent fallback to the graph executor)",
+    "keras/src/backend/tensorflow/trainer.py (keras 3.15): make_train_function wraps train_step in "
+    "tf.function(reduce_retracing=True, jit_compile=self.jit_compile); keras/src/trainers/trainer.py "
+    "_resolve_auto_jit_compile: jit_compile='auto' means XLA on TensorFlow only when a non-CPU device exists "
+    "('Disable XLA on CPU-only machines'), so on CPU this path is what compile(jit_compile=True) runs",
+    "experiment (tests/test_tf_xla_targets.py): the same declared conventions pass the benign cases as tf.keras; "
+    "at mean 1e4 with 65536 values per channel tf.keras deviates (sequential float32 sums: running_mean ratio "
+    "3.25, running_var 5.31) while tf.keras.xla passes (worst ratio 0.0103)",
+)
+
+TF_XLA_CONVENTIONS = replace(
+    TF_CONVENTIONS,
+    variance_algorithm="two-pass (tf.nn.moments traced and compiled by XLA); XLA's CPU reduction does not add "
+                       "the batch rows one after another as TensorFlow's eager kernel does, so large float32 "
+                       "batches at a large offset stay within the bound where tf.keras deviates (measured)",
+    notes=_NOTES.replace("Eager execution (what layer(x, training=...) runs); model.fit() jit-compiles on TF/JAX by "
+                         "default, which may fuse differently.",
+                         "The layer call, with its tf.GradientTape, is traced into tf.function(jit_compile=True) "
+                         "and compiled by XLA, as model.fit compiles train_step under compile(jit_compile=True) (or 'auto' with a "
+                         "GPU present); one layer and one traced function "
+                         "per signature (shape, layout, dtypes, eps, momentum, affine, gradients, training or "
+                         "evaluation), kept in the worker and reused, its four variables assigned from each case "
+                         "before the call; the moving statistics are read after each compiled training call.")
+    + " eps and momentum are baked into the trace as constants.",
+    sources=_TF_SOURCES + _XLA_SOURCES,
+)
+
 JAX_CONVENTIONS = _conventions(
     "two-pass (jnp.var)",
     "float32 for every input dtype, float64 included (Keras maps float64 to float32 in result_type)",
@@ -173,10 +203,12 @@ class _KerasBase(PathTarget):
     devices: ClassVar[tuple[str, ...] | None] = ("cpu", "cuda")
     path_modules: ClassVar[tuple[str, ...]] = ("keras_bn",)
     path_entry: ClassVar[str] = "keras_bn"
+    jit_compile: ClassVar[bool] = False
 
     def path_options(self) -> dict[str, Any]:
-        """The Keras backend this family runs on (the worker's KERAS_BACKEND)."""
-        return {"backend": self.backend}
+        """The Keras backend this family runs on (the worker's KERAS_BACKEND), and for TensorFlow whether the
+        layer call is traced into tf.function(jit_compile=True)."""
+        return {"backend": self.backend, **({"jit_compile": True} if self.jit_compile else {})}
 
 
 class KerasOnTensorflow(_KerasBase):
@@ -207,3 +239,14 @@ class KerasOnTorch(_KerasBase):
     backend = "torch"
     description = "keras.layers.BatchNormalization (Keras 3, PyTorch backend, eager layer call)"
     conventions = TORCH_CONVENTIONS
+
+
+class KerasOnTensorflowXla(KerasOnTensorflow):
+    """keras.layers.BatchNormalization (TensorFlow backend) called inside tf.function(jit_compile=True)."""
+
+    family = "tf.keras.xla"
+    description = ("keras.layers.BatchNormalization (Keras 3, TensorFlow backend) called with its gradient tape inside "
+                   "tf.function(jit_compile=True), as model.fit(jit_compile=True) compiles train_step; one trace per signature")
+    conventions = TF_XLA_CONVENTIONS
+    path_kind = "compiled"
+    jit_compile = True

@@ -67,11 +67,13 @@ def jax_numpy(a: Any) -> np.ndarray:
     return np.array(np.asarray(jax.device_get(a)), dtype=np.float64, copy=True)
 
 
-def jax_with_vjp(forward: Callable, affine: bool, grad: bool) -> Callable:
-    """jax.jit of step(x, dy, params, stats, scalars) from forward(x, params, stats, scalars) -> (y, aux dict).
+def jax_with_vjp(forward: Callable, affine: bool, grad: bool, jit: bool = True) -> Callable:
+    """jax.jit (or, jit=False, the plain eager function) of step(x, dy, params, stats, scalars) from
+    forward(x, params, stats, scalars) -> (y, aux dict).
 
     With gradients, the vjp is taken of `forward` itself (training-mode forward in training phases, so the batch
-    statistics depend on x) w.r.t. x and, when affine, params['scale'] and params['bias'].
+    statistics depend on x) w.r.t. x and, when affine, params['scale'] and params['bias']. Eagerly, JAX dispatches
+    every primitive on its own (each compiled and cached by itself), so nothing is fused across operations.
     """
     import jax
 
@@ -87,7 +89,7 @@ def jax_with_vjp(forward: Callable, affine: bool, grad: bool) -> Callable:
         (dx,) = pullback(dy)
         return {"y": y, **aux, "dx": dx}
 
-    return jax.jit(step)
+    return jax.jit(step) if jit else step
 
 
 def jax_linen_forward(case: dict, use_batch: bool, use_fast_variance: Any) -> Callable:
@@ -192,11 +194,12 @@ def jax_step_key(api: str, case: dict, use_batch: bool, update: bool) -> tuple:
 
 
 def jax_bn(case: dict, inputs: dict, phases: list, device: str, cache: dict, api: str = "linen",
-           use_fast_variance: Any = None) -> dict:
+           use_fast_variance: Any = None, jit: bool = True) -> dict:
     """Every phase of `case` through one jitted step per phase kind, carrying the running statistics it returns.
 
     api: 'linen' (flax.linen.BatchNorm; use_fast_variance None leaves Flax's default, True), 'nnx'
     (flax.nnx.BatchNorm) or 'jit' (BN in jax.numpy/jax.lax, which also exposes its batch statistics).
+    jit=False runs the same step eagerly, outside jax.jit (op by op).
     """
     jax_enable_x64()
     import jax
@@ -224,7 +227,7 @@ def jax_bn(case: dict, inputs: dict, phases: list, device: str, cache: dict, api
         for phase in phases:
             training = phase != "eval"
             use_batch = training or not tracked
-            key = jax_step_key(api, case, use_batch, training)
+            key = jax_step_key(api, case, use_batch, training) + (("jit",) if jit else ("eager",))
             if key not in cache:
                 if api == "linen":
                     forward = jax_linen_forward(case, use_batch, use_fast_variance)
@@ -232,7 +235,7 @@ def jax_bn(case: dict, inputs: dict, phases: list, device: str, cache: dict, api
                     forward = jax_nnx_forward(case, use_batch)
                 else:
                     forward = jax_jit_forward(case, use_batch, training)
-                cache[key] = jax_with_vjp(forward, case["affine"], case["grad"])
+                cache[key] = jax_with_vjp(forward, case["affine"], case["grad"], jit)
             x = jax_put(inputs[phase + ".x"], case["dtype"], dev)
             dy = jax_put(inputs[phase + ".dy"], case["dtype"], dev) if case["grad"] else None
             res = cache[key](x, dy, params, stats, scalars)

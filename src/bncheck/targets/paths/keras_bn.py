@@ -3,7 +3,9 @@
 Keras picks its backend once per process, from KERAS_BACKEND; the caller sets it (the worker's framework record,
 or the reproduction script before it embeds this file). Gradients are taken as each backend's own Keras trainer
 takes them in train_step: tf.GradientTape, jax.vjp over Layer.stateless_call (the new moving statistics assigned
-back), torch autograd.
+back), torch autograd. On TensorFlow the layer call (with its tape) can also be traced into
+tf.function(jit_compile=True), as model.fit compiles train_step with XLA: one layer and one traced function per
+signature, reused by every case that has it (its variables are assigned from each case first).
 
 A kernel-path module: the adapter (bncheck.targets.keras_targets) calls `keras_bn` in its worker, and a
 reproduction script embeds this file verbatim and calls the same function. So it imports no bncheck module and
@@ -101,30 +103,62 @@ def keras_device(backend: str, device: str) -> str:
     return "gpu:0" if device == "cuda" else "cpu:0"
 
 
-def keras_bn(case: dict, inputs: dict, phases: list, device: str, cache: dict, backend: str = "tensorflow") -> dict:
+def keras_layer(keras: Any, case: dict, shape: tuple) -> Any:
+    """A built keras.layers.BatchNormalization configured as the case says, as users write it for their layout."""
+    dt, pd, affine = case["dtype"], case["param_dtype"], case["affine"]
+    last, rank = case["layout"] == "channels_last", len(case["shape"])
+    layer = keras.layers.BatchNormalization(
+        axis=1 if not last and rank > 2 else -1,  # what users write for their layout
+        momentum=1.0 - case["momentum"],  # Keras weights the OLD moving value: 1 - bncheck's momentum
+        epsilon=case["eps"], center=affine, scale=affine,
+        dtype=dt if pd == dt else "mixed_" + dt)  # half inputs with float32 parameters: a mixed policy
+    layer.build(shape)
+    return layer
+
+
+def keras_xla_call(keras: Any, layer: Any, training: bool, affine: bool, grad: bool) -> Any:
+    """tf.function(jit_compile=True) of keras_call on the TensorFlow backend: call(x, dy) -> (y, grads)."""
+    import tensorflow as tf
+
+    def call(x: Any, dy: Any) -> tuple:
+        return keras_call(keras, "tensorflow", layer, x, training, dy if grad else None, affine)
+
+    return tf.function(call, jit_compile=True)
+
+
+def keras_bn(case: dict, inputs: dict, phases: list, device: str, cache: dict, backend: str = "tensorflow",
+             jit_compile: bool = False) -> dict:
     """Every phase of `case` through one keras.layers.BatchNormalization: y, the moving statistics after each
-    training step, and with gradients dx, dgamma, dbeta."""
+    training step, and with gradients dx, dgamma, dbeta. jit_compile (TensorFlow only): each phase through a
+    cached tf.function(jit_compile=True) of the layer call, one layer and one trace per signature."""
     keras = keras_import(backend)
     if not case["track_running_stats"]:
         raise PathUnsupported("Keras BatchNormalization always keeps moving statistics")
+    if jit_compile and backend != "tensorflow":
+        raise PathUnsupported(f"jit_compile is tf.function(jit_compile=True), TensorFlow only (backend {backend})")
     dt, pd, affine = case["dtype"], case["param_dtype"], case["affine"]
-    last, rank = case["layout"] == "channels_last", len(case["shape"])
+    shape = tuple(np.shape(inputs[phases[0] + ".x"]))
+    key = ("keras_bn", device, shape, case["layout"], dt, pd, case["eps"], case["momentum"], affine, case["grad"])
     out = {}
     with keras.device(keras_device(backend, device)):
-        layer = keras.layers.BatchNormalization(
-            axis=1 if not last and rank > 2 else -1,  # what users write for their layout
-            momentum=1.0 - case["momentum"],  # Keras weights the OLD moving value: 1 - bncheck's momentum
-            epsilon=case["eps"], center=affine, scale=affine,
-            dtype=dt if pd == dt else "mixed_" + dt)  # half inputs with float32 parameters: a mixed policy
-        layer.build(np.shape(inputs[phases[0] + ".x"]))
+        if not jit_compile:
+            layer = keras_layer(keras, case, shape)
+        elif key not in cache:  # the layer and its traced calls (training and evaluation), reused per signature
+            layer = keras_layer(keras, case, shape)
+            cache[key] = (layer, {t: keras_xla_call(keras, layer, t, affine, case["grad"]) for t in (True, False)})
+        if jit_compile:
+            layer, calls = cache[key]
         names = [("gamma", "gamma"), ("beta", "beta")] if affine else []
-        for attr, key in names + [("moving_mean", "running_mean"), ("moving_variance", "running_var")]:
-            getattr(layer, attr).assign(keras_tensor(keras, inputs[key], pd))
+        for attr, key_ in names + [("moving_mean", "running_mean"), ("moving_variance", "running_var")]:
+            getattr(layer, attr).assign(keras_tensor(keras, inputs[key_], pd))
         for phase in phases:
             training = phase != "eval"
             x = keras_tensor(keras, inputs[phase + ".x"], dt)
             dy = keras_tensor(keras, inputs[phase + ".dy"], dt) if case["grad"] else None
-            y, grads = keras_call(keras, backend, layer, x, training, dy, affine)
+            if jit_compile:
+                y, grads = calls[training](x, dy)
+            else:
+                y, grads = keras_call(keras, backend, layer, x, training, dy, affine)
             out[phase + ".y"] = keras_numpy(keras, y)
             if training:
                 out[phase + ".running_mean"] = keras_numpy(keras, layer.moving_mean.value)
