@@ -11,6 +11,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[$(EXTRAS),test]'
+	@# Keras 2 (tf-keras) requires the 'tensorflow' distribution, which tensorflow-cpu provides under another
+	@# name: installed without dependencies, it uses tensorflow-cpu's tensorflow module
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt tf-keras
 	touch $@
 
 setup: $(VENV)/.installed
