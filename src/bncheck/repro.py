@@ -122,7 +122,7 @@ def render(case: Case, inputs: Inputs, target: Any, keys: list[str], title: str,
         f"CASE = json.loads({case.canonical_json()!r})",
         f"PHASES = {phases!r}",
         f"KEYS = {keys!r}",
-        f"RUNNING_VAR = {target.conventions.running_var!r}  # the target's documented running-variance convention",
+        f"RUNNING_VAR = {str(target.conventions.running_var)!r}  # the target's documented running-variance convention",
         f"DEVICE = {target.device!r}",
         'INPUTS = dict(np.load(io.BytesIO(base64.b64decode("""',
         payload,
@@ -162,7 +162,9 @@ def write_finding_repros(doc: dict[str, Any], out_dir: Path, targets: dict[str, 
             f["repro"] = None
             continue
         case = case_from_dict(case_d)
-        if f.get("shrink", {}).get("reduced"):
+        if f.get("classification") == "precision-outlier":
+            keys = [f["worst"]["first"]]
+        elif f.get("shrink", {}).get("reduced"):
             keys = f["shrink"]["deviating"]
         else:
             execution = next(e for e in doc["executions"] if e["case_id"] == f["minimal_case"] and e["target"] == f["target"])
@@ -170,6 +172,10 @@ def write_finding_repros(doc: dict[str, Any], out_dir: Path, targets: dict[str, 
         title = f"{f['target']}: {f['worst']['first'].split('.', 1)[1]} deviates ({f['hypothesis']}, {f['classification']}) on {case.describe()}"
         expectation = (f"{f['explanation']}; bncheck judged these quantities outside their rounding-error bounds: "
                        + ", ".join(keys))
+        if f.get("classification") == "precision-outlier":
+            title = f"{f['target']}: {f['quantity']} far less accurate than its peers ({f['hypothesis']}) on {case.describe()}"
+            expectation = (f"{f['explanation']}: largest error {f['worst']['error']:.3g}, {f['worst']['factor']} times the "
+                           f"median of the other targets'; within the rounding-error bound: " + ", ".join(keys))
         path = out_dir / "repro" / f"{f['signature']}.py"
         if write_repro(path, case, make_inputs(case), target, keys, title, expectation, doc["run"]["manifest"]):
             f["repro"] = str(path.relative_to(out_dir))

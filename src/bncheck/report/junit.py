@@ -5,7 +5,10 @@ case description followed by its case id in brackets. A deviating execution has 
 names its worst quantity, its error in units of the bound and, when diagnosed (the diagnosis rides on the
 first deviating verdict as `diagnosis`), the hypothesis and classification; the body lists every deviating
 quantity, the diagnosis and the replay command. `error`, `crash` and `timeout` executions have an <error>
-(type = status) whose body is the message and the stderr tail; `unsupported` ones are <skipped> with their reason.
+(type = status) whose body is the message and the stderr tail; `unsupported` ones are <skipped> with their reason,
+and so are `refused` ones (the framework raised as its record documents), with the framework's message. A NaN/Inf
+mismatch reads "NaN/Inf in N elements", not "inf x bound"; the diagnosis's severity follows its classification.
+Precision outliers (within the bound, far less accurate than the peers) are listed in <system-out>.
 Characters that XML 1.0 cannot carry (control characters in a stderr tail, say) are dropped.
 """
 
@@ -50,14 +53,16 @@ def failure_message(execution: dict[str, Any]) -> str:
     """'<worst key> deviates: <ratio> x bound; <hypothesis> (<classification>)' for a deviating execution."""
     devs = execution.get("deviations") or []
     worst = max(devs, key=lambda v: _ratio(v.get("ratio")))
-    msg = f"{worst.get('key', worst.get('quantity', '?'))} deviates: error {_fmt(_ratio(worst.get('ratio')))} x bound"
     if worst.get("nonfinite_mismatch"):
-        msg += f", {worst['nonfinite_mismatch']} NaN/Inf mismatches"
+        msg = f"{worst.get('key', worst.get('quantity', '?'))} deviates: NaN/Inf in {worst['nonfinite_mismatch']} elements"
+    else:
+        msg = f"{worst.get('key', worst.get('quantity', '?'))} deviates: error {_fmt(_ratio(worst.get('ratio')))} x bound"
     if len(devs) > 1:
         msg += f" ({len(devs)} quantities deviate)"
     diag = next((v["diagnosis"] for v in devs if isinstance(v.get("diagnosis"), dict)), None)
     if diag:
-        msg += f"; {diag.get('hypothesis', '?')} ({diag.get('classification', '?')}), first at {diag.get('first', '?')}"
+        msg += (f"; {diag.get('hypothesis', '?')} ({diag.get('classification', '?')}, {diag.get('severity', 'minor')}), "
+                f"first at {diag.get('first', '?')}")
     return msg
 
 
@@ -132,8 +137,15 @@ def build_junit(doc: dict[str, Any]) -> ET.Element:
             elif status == "unsupported":
                 counts["skipped"] += 1
                 ET.SubElement(tc, "skipped", message=_text(e.get("message") or "unsupported"))
-            elif e.get("message"):
-                ET.SubElement(tc, "system-out").text = _text(e["message"])
+            elif status == "refused":
+                counts["skipped"] += 1
+                ET.SubElement(tc, "skipped", message=_text(f"refused (documented): {_first_line(e.get('message') or '')}"))
+            if status == "ok" and (e.get("message") or e.get("peer_outliers")):
+                text = e.get("message") or ""
+                if e.get("peer_outliers"):
+                    text += ("\n" if text else "") + "precision outlier (far less accurate than its peers, within the bound): " \
+                        + ", ".join(e["peer_outliers"])
+                ET.SubElement(tc, "system-out").text = _text(text)
         for k in ("tests", "failures", "errors", "skipped"):
             suite.set(k, str(int(counts[k])))
             totals[k] += counts[k]

@@ -8,7 +8,8 @@ import numpy as np
 
 from ..cases import Case
 from ..inputs import Inputs
-from .base import Conventions, Observation, Target, Unsupported, from_channels_first, to_channels_first
+from .base import (Accumulation, Conventions, EpsPlacement, MomentumForm, Observation, ParameterPrecision, RunningVar,
+                   Target, Unsupported, VarianceAlgorithm, from_channels_first, to_channels_first)
 
 # IR version written into every model. onnx 1.23 writes IR 14 by default, which ORT 1.31 refuses (it reads at
 # most IR 13). IR 8 is the version released with opset 15 (ONNX 1.10; onnx.helper.VERSION_TABLE), the
@@ -57,14 +58,14 @@ def probe() -> dict[str, Any]:
 def _conventions(modes: tuple[str, ...], param_dtypes: str) -> Conventions:
     """The conventions shared by the three families, with their modes and parameter typing."""
     return Conventions(
-        momentum="old",
-        running_var="biased",
-        eps_placement="inside_sqrt",
+        momentum=MomentumForm.OLD,
+        running_var=RunningVar.BIASED,
+        eps_placement=EpsPlacement.INSIDE,
         default_eps=1e-5,
         default_momentum=0.9,
-        variance_algorithm="two-pass",
-        accumulation="in the input dtype (float32, float64); float16 is cast to float32 by ORT, so float32",
-        parameter_precision="epsilon and momentum are float32 attributes",
+        variance_algorithm=VarianceAlgorithm.TWO_PASS,
+        accumulation=Accumulation.FLOAT32_OR_WIDER,  # in T (float32, float64); float16 runs as float32 (inserted Casts)
+        parameter_precision=ParameterPrecision.FLOAT32_ATTRIBUTES,
         dtypes=("float16", "float32", "float64"),
         param_dtypes=param_dtypes,
         ranks=(2, 3, 4, 5),

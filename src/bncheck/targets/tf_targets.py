@@ -12,7 +12,8 @@ import numpy as np
 
 from ..cases import Case
 from ..inputs import Inputs
-from .base import Conventions, Observation, Target, Unsupported
+from .base import (Accumulation, BesselRule, Conventions, Elementwise, EpsPlacement, Observation, ParameterPrecision, Refusal,
+                   RefusalCondition, StatisticsDtype, Subnormals, Summation, Target, VarianceAlgorithm)
 
 TF_NN_CONVENTIONS = Conventions(
     # tf.nn has no running-statistics update, hence no momentum: "new" and "biased" are placeholders that no
@@ -20,18 +21,16 @@ TF_NN_CONVENTIONS = Conventions(
     # statistics are refused), "biased" naming the only batch variance tf.nn exposes (tf.nn.moments)
     momentum="new",
     running_var="biased",
-    eps_placement="inside_sqrt",
+    eps_placement=EpsPlacement.INSIDE,
     default_eps=None,  # tf.nn.batch_normalization requires variance_epsilon
     default_momentum=None,  # no running update, no momentum
-    variance_algorithm="two-pass: mean = reduce_mean(x), var = reduce_mean(squared_difference(x, mean)); the "
-                       "CPU reduction over the batch axis adds row after row into one accumulator per channel "
-                       "(sequential summation, error growing like n*u)",
-    accumulation="float16 input: cast to float32 for the moments, which are cast back to float16; bfloat16: not "
-                 "upcast: squared differences are rounded to bfloat16 and both moments are returned in bfloat16 "
-                 "(the reduction itself accumulates in float32); float32/float64: in the input dtype. Gradient "
-                 "reductions of half inputs round partial sums to the half dtype",
-    parameter_precision="variance_epsilon is a Python float converted to the dtype of the variance "
-                        "(float16 for all-float16 cases); no momentum",
+    variance_algorithm=VarianceAlgorithm.TWO_PASS,
+    accumulation=Accumulation.FLOAT32_OR_WIDER,
+    summation=Summation.SEQUENTIAL,
+    statistics_dtype=StatisticsDtype.INPUT,
+    elementwise=Elementwise.INPUT_DTYPE,
+    subnormals=Subnormals.FLUSHED,
+    parameter_precision=ParameterPrecision.INPUT_DTYPE,
     dtypes=("float16", "bfloat16", "float32", "float64"),
     param_dtypes="same-or-float32",
     ranks=(2, 3, 4, 5),
@@ -41,6 +40,14 @@ TF_NN_CONVENTIONS = Conventions(
     gradients=True,
     quantities=("y", "batch_mean", "batch_var", "dx", "dgamma", "dbeta"),
     notes=(
+        "Variance: two-pass, mean = reduce_mean(x), var = reduce_mean(squared_difference(x, mean)); the CPU "
+        "reduction over the batch axis adds row after row into one accumulator per channel (sequential "
+        "summation, error growing like n*u). Arithmetic: float16 input is cast to float32 for the moments, "
+        "which are cast back to float16; bfloat16 is not upcast: squared differences are rounded to bfloat16 "
+        "and both moments are returned in bfloat16 (the reduction itself accumulates in float32); float32/"
+        "float64 in the input dtype; gradient reductions of half inputs round partial sums to the half dtype. "
+        "variance_epsilon is a Python float converted to the dtype of the variance (float16 for all-float16 "
+        "cases). Subnormal float32 inputs are flushed to zero (measured: hazards suite, subnormal-inputs). "
         "Training phases: mean, var = tf.nn.moments(x, axes=all but the channel axis, keepdims=True), then "
         "tf.nn.batch_normalization(x, mean, var, beta, gamma, eps); evaluation: the same call with the given "
         "running statistics (or with batch moments when the case has none). tf.nn has no running-statistics "
@@ -67,18 +74,24 @@ TF_NN_CONVENTIONS = Conventions(
 TF_FUSED_CONVENTIONS = Conventions(
     momentum="new",  # exponential_avg_factor weights the NEW batch statistic
     running_var="unbiased",
-    eps_placement="inside_sqrt",
+    eps_placement=EpsPlacement.INSIDE,
     default_eps=1e-4,  # FusedBatchNormV3 attr epsilon default (tf.compat.v1.nn.fused_batch_norm uses 1e-3)
     default_momentum=1.0,  # exponential_avg_factor default: running statistics = this batch's statistics
-    variance_algorithm="two-pass (Eigen CPU kernel: sum(x) * (1/n), then sum((x - mean)^2) * (1/n)); the sums "
-                       "over the batch axis are sequential (one float32 accumulator per channel, error growing "
-                       "like n*u); the oneDNN NHWC float32 kernel sums more accurately",
-    accumulation="float32 (U) for float16/bfloat16 inputs; x is cast to float32 before every reduction",
-    parameter_precision="epsilon and exponential_avg_factor are float32 attributes; 1/n is a float32 "
-                        "reciprocal multiplied in; the Bessel factor n/(n-1) is a float32",
-    dtypes=("float16", "bfloat16", "float32"),
-    param_dtypes="same-or-float32",  # refined by supports(): U (scale, offset, mean, variance) is always float32
-    ranks=(4, 5),
+    variance_algorithm=VarianceAlgorithm.TWO_PASS,
+    bessel=BesselRule.CLAMPED,  # n / max(n - 1, 1): measured finite running variance for one value per channel
+    accumulation=Accumulation.FLOAT32_OR_WIDER,
+    summation=Summation.SEQUENTIAL,
+    subnormals=Subnormals.FLUSHED,
+    parameter_precision=ParameterPrecision.FLOAT32_ATTRIBUTES,
+    refusals=(
+        Refusal(RefusalCondition.RANK_NOT_4_OR_5, "InvalidArgumentError", "input must be 4"),  # "4-" or "4 or 5-dimensional"
+        Refusal(RefusalCondition.FLOAT64, "InvalidArgumentError", "of double is not in the list of allowed values"),
+        Refusal(RefusalCondition.PARAMETERS_NOT_FLOAT32, "InvalidArgumentError", "Value for attr 'U'"),
+        Refusal(RefusalCondition.PARAMETERS_NOT_FLOAT32, "NotFoundError", "Could not find device for node"),
+    ),
+    dtypes=("float16", "bfloat16", "float32", "float64"),  # float64 is run: the kernel refuses it
+    param_dtypes="any",  # U is passed as the case's parameter dtype: the kernel refuses all but float32
+    ranks=(2, 3, 4, 5),  # ranks 2 and 3 are run: the kernel refuses them
     layouts=("channels_first", "channels_last"),
     modes=("train", "eval"),
     untracked=True,
@@ -86,6 +99,14 @@ TF_FUSED_CONVENTIONS = Conventions(
     quantities=("y", "batch_mean", "batch_var", "running_mean", "running_var", "dx", "dgamma", "dbeta"),
     optional_quantities=("batch_var_unbiased",),
     notes=(
+        "Variance: two-pass (Eigen CPU kernel: sum(x) * (1/n), then sum((x - mean)^2) * (1/n)); the sums over the "
+        "batch axis are sequential (one float32 accumulator per channel, error growing like n*u); the oneDNN "
+        "NHWC float32 kernel sums more accurately. Arithmetic: float32 (U) for float16/bfloat16 inputs; x is "
+        "cast to float32 before every reduction. epsilon and exponential_avg_factor are float32 attributes; 1/n "
+        "is a float32 reciprocal multiplied in; the Bessel factor n/(n-1) is a float32. Subnormal float32 inputs "
+        "are flushed to zero (measured: hazards suite, subnormal-inputs). The kernel refuses float64 (T in half, "
+        "bfloat16, float), parameters other than float32 (U: attr check for half and double, no kernel for "
+        "bfloat16) and ranks 2 and 3; those cases are run and recorded as refused. "
         "tf.raw_ops.FusedBatchNormV3 with data_format NHWC/NDHWC for channels_last and NCHW/NCDHW for "
         "channels_first (accepted natively; the Eigen CPU kernel transposes NCHW to NHWC internally and "
         "reshapes 5-D to 4-D, both exact). Training phases: is_training=True with "
@@ -262,42 +283,29 @@ class TfFused(_TfBase):
     )
     conventions: ClassVar[Conventions] = TF_FUSED_CONVENTIONS
 
-    def supports(self, case: Case) -> str | None:
-        """The kernel's own limits: 4-D/5-D input, T in half/bfloat16/float32, float32 parameters."""
-        if len(case.shape) not in (4, 5):
-            return (f"FusedBatchNormV3 takes only 4-D or 5-D input ('input must be 4 or 5-dimensional'); "
-                    f"rank {len(case.shape)} is not reshaped")
-        if case.dtype == "float64" or case.param_dtype == "float64":
-            return "FusedBatchNormV3 has no float64 kernel (T in half, bfloat16, float; U = float)"
-        if case.param_dtype != "float32":
-            return (f"FusedBatchNormV3 takes scale/offset/mean/variance in float32 only (U = float), "
-                    f"case has {case.param_dtype}")
-        return super().supports(case)
-
     def _data_format(self, case: Case) -> str:
         """The data_format attribute that matches the case's physical layout and rank."""
-        rank = len(case.shape)
+        rank = len(case.shape)  # ranks 2 and 3 get the 4-D formats: the kernel refuses them (not reshaped here)
         if case.layout == "channels_last":
-            return "NHWC" if rank == 4 else "NDHWC"
-        return "NCHW" if rank == 4 else "NCDHW"
+            return "NDHWC" if rank == 5 else "NHWC"
+        return "NCDHW" if rank == 5 else "NCHW"
 
     def run(self, case: Case, inputs: Inputs) -> Observation:
         """Run every phase of `case` through FusedBatchNormV3 and collect its outputs."""
         import tensorflow as tf
 
-        reason = self.supports(case)
-        if reason:  # normally refused in the parent already
-            raise Unsupported(reason)
         obs: Observation = {}
         C = case.channels
         fmt = self._data_format(case)
         factor = float(case.momentum)  # "new" form: the weight of the batch statistic
+        pd = case.param_dtype  # U as the case says: the kernel itself refuses anything but float32
         with tf.device(_tf_device(self.device)):
-            scale = _tensor(tf, inputs["gamma"], "float32") if case.affine else tf.ones([C], tf.float32)
-            offset = _tensor(tf, inputs["beta"], "float32") if case.affine else tf.zeros([C], tf.float32)
+            pdt = getattr(tf, _DTYPES[pd])
+            scale = _tensor(tf, inputs["gamma"], pd) if case.affine else tf.ones([C], pdt)
+            offset = _tensor(tf, inputs["beta"], pd) if case.affine else tf.zeros([C], pdt)
             if case.track_running_stats:
-                rm = _tensor(tf, inputs["running_mean"], "float32")
-                rv = _tensor(tf, inputs["running_var"], "float32")
+                rm = _tensor(tf, inputs["running_mean"], pd)
+                rv = _tensor(tf, inputs["running_var"], pd)
             for phase in case.phases:
                 training = phase != "eval"
                 batch_stats = training or not case.track_running_stats
@@ -305,7 +313,7 @@ class TfFused(_TfBase):
                 if batch_stats and case.track_running_stats:
                     mean, var, f = rm, rv, factor
                 elif batch_stats:  # no running statistics: batch statistics, factor 1 (mean/variance unused)
-                    mean, var, f = tf.zeros([0], tf.float32), tf.zeros([0], tf.float32), 1.0
+                    mean, var, f = tf.zeros([0], pdt), tf.zeros([0], pdt), 1.0
                 else:
                     mean, var, f = rm, rv, 1.0
                 params = [scale, offset] if case.affine else []
@@ -357,15 +365,15 @@ def run(case, inputs):
     ch = rank - 1 if last else 1
     axes = [a for a in range(rank) if a != ch]
     bshape = [C if a == ch else 1 for a in range(rank)]
-    fmt = ("NHWC" if rank == 4 else "NDHWC") if last else ("NCHW" if rank == 4 else "NCDHW")
-    pd = "float32" if FUSED else case["param_dtype"]  # the fused kernel takes float32 parameters only
+    fmt = ("NDHWC" if rank == 5 else "NHWC") if last else ("NCDHW" if rank == 5 else "NCHW")
+    pd = case["param_dtype"]  # the fused kernel refuses parameters other than float32 itself
     gamma = beta = rm = rv = None
     out = {{}}
     with tf.device("/GPU:0" if DEVICE == "cuda" else "/CPU:0"):
         if case["affine"]:
             gamma, beta = _tensor(inputs["gamma"], pd), _tensor(inputs["beta"], pd)
         elif FUSED:
-            gamma, beta = tf.ones([C], tf.float32), tf.zeros([C], tf.float32)
+            gamma, beta = tf.ones([C], getattr(tf, pd)), tf.zeros([C], getattr(tf, pd))
         if tracked:
             rm, rv = _tensor(inputs["running_mean"], pd), _tensor(inputs["running_var"], pd)
         for phase in PHASES:
@@ -381,7 +389,7 @@ def run(case, inputs):
                     if batch and tracked:
                         mean, var, f = rm, rv, float(case["momentum"])
                     elif batch:
-                        mean, var, f = tf.zeros([0], tf.float32), tf.zeros([0], tf.float32), 1.0
+                        mean, var, f = tf.zeros([0], getattr(tf, pd)), tf.zeros([0], getattr(tf, pd)), 1.0
                     else:
                         mean, var, f = rm, rv, 1.0
                     res = tf.raw_ops.FusedBatchNormV3(
