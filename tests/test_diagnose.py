@@ -497,3 +497,60 @@ def test_a_shared_memo_changes_no_diagnosis(case: Case, observe: Kernel | Observ
     full = HypothesisMemo(limit=0)  # no room: nothing is kept, everything is computed again, nothing changes
     assert diagnose(case, inputs, obs, refs, conventions, verdicts, FAMILY, bounds, memo=full).to_dict() == alone.to_dict()
     assert full.kept == {} and full.nbytes == 0
+
+
+# ---- 9. a hypothesis that raises is reported, never taken for one that explains nothing -------------------
+def test_a_raising_hypothesis_is_reported_in_the_diagnosis_and_on_stderr(monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A hypothesis whose computation raises is named with its error in the diagnosis (hypothesis_errors) and
+    on stderr; the others are still evaluated (the fault is still named by its own hypothesis)."""
+    import bncheck.diagnose as diagnose_module
+
+    original = diagnose_module._variant_y
+
+    def broken(case: Case, inputs: Inputs, ref: Any, how: str) -> Any:
+        if how == "blended-stats":
+            raise RuntimeError("injected hypothesis failure")
+        return original(case, inputs, ref, how)
+
+    monkeypatch.setattr(diagnose_module, "_variant_y", broken)
+    d = run_diagnosis(TRAJ2_FWD, statistics_normalised("running"))
+    assert d is not None and d.hypothesis == "train-uses-running-stats"
+    assert d.hypothesis_errors == [{"hypothesis": "blended-stats", "error": "RuntimeError: injected hypothesis failure"}]
+    assert d.to_dict()["hypothesis_errors"] == d.hypothesis_errors
+    err = capsys.readouterr().err
+    assert "hypothesis blended-stats raised" in err and "injected hypothesis failure" in err
+
+
+# ---- 10. golden signatures: what CI baselines key on ---------------------------------------------------------
+# Literal values: a change of diagnose.signature (or of the hypothesis a fixed fault is given) shows here, and
+# must come with a baseline migration note (docs/findings.md, "Signatures and baselines").
+GOLDEN = [
+    pytest.param(TRAJ, Kernel(momentum="flipped"), DECLARED, (), "momentum-flipped", "running_mean", "64f41933c332",
+                 id="momentum-flipped"),
+    pytest.param(offset(1e3), Kernel(variance="one-pass"), DECLARED, (), "one-pass-variance", "batch_var", "934a3766c41b",
+                 id="one-pass-variance"),
+    pytest.param(F64_TRAJ, Kernel(acc=np.float64, float32_eps=True, float32_momentum=True), ONNX, (), "params-float32",
+                 "batch_invstd", "758b9a9e26b6", id="params-float32"),
+    pytest.param(TRAJ, Kernel(dgamma_sign=-1.0), DECLARED, (), "unexplained", "dgamma", "3b7cd873c69b", id="unexplained"),
+    pytest.param(spread("spread2e19", 2e19), Kernel(), DECLARED, (), "variance-overflow", "batch_invstd", "1c84ce902418",
+                 id="variance-overflow"),
+]
+
+
+@pytest.mark.parametrize("case,observe,conventions,drop,hypothesis,quantity,golden", GOLDEN)
+def test_golden_signatures(case: Case, observe: Any, conventions: Conventions, drop: tuple[str, ...], hypothesis: str,
+                           quantity: str, golden: str) -> None:
+    """Fixed faults keep their literal signatures (family 'emulated.bn', the case's regime)."""
+    d = run_diagnosis(case, observe, conventions, drop)
+    assert d is not None and (d.hypothesis, d.quantity) == (hypothesis, quantity), describe(d)
+    assert d.signature == golden == signature(FAMILY, quantity, hypothesis, case.regime_name)
+
+
+def test_golden_signatures_of_peer_outliers_and_execution_failures() -> None:
+    """The other gated items' signatures: a precision outlier's and an error pseudo-finding's."""
+    from bncheck.gate import execution_signature
+    from bncheck.peers import PEER_OUTLIER
+
+    assert signature("tf.fused", "batch_mean", PEER_OUTLIER, "many-elements") == "7d60ccc2ad11"
+    assert execution_signature("faulty.numpy@cpu", "error", "ValueError: injected failure") == "b9f87137180e"

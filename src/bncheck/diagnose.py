@@ -19,7 +19,8 @@ Among the hypotheses that explain, the winner is chosen by these rules, in order
 2. an alternative formula (an exact, different computation) before a precision model (the same computation
    done less precisely): a formula predicts values, a precision model only widens bounds;
 3. among formulas, the smallest residual (the closest match);
-4. among precision models, the *tightest* bound: the smallest geometric-mean inflation of its bound over the
+4. among precision models, one the conventions record declares (`documented`: the target says it computes so)
+   before one it does not; then the *tightest* bound: the smallest geometric-mean inflation of its bound over the
    correct kernel's bound, on the deviating quantities' elements that every explaining precision model
    constrains (averaged per quantity), then the fewest unconstrained elements. A looser model (float16
    sums, or two weaknesses combined) explains everything a tighter one does and more, so it says less; it
@@ -335,7 +336,9 @@ def _candidates(case: Case, inputs: Inputs, refs: dict[str, Reference], conventi
                               precision(accumulation=case.dtype, variance="one-pass")))
         half_issues = tuple(formats.range_issues(case, ref, fmt=case.dtype,
                                                  intermediates=("variance", "variance-plus-eps", "invstd")))
-        out.append(_Candidate("half-precision-statistics", precision(statistics=case.dtype), issues=half_issues))
+        # the statistics feed the forward pass: a deviation that starts in the backward is not theirs
+        out.append(_Candidate("half-precision-statistics", precision(statistics=case.dtype), issues=half_issues,
+                              keys=frozenset(k for k in ref.values if quantity_of(k) not in ("dx", "dgamma", "dbeta"))))
         out.append(_Candidate("elementwise-input-dtype", precision(elementwise=case.dtype)))
     out.append(_Candidate("sequential-accumulation", precision(summation="sequential")))
     if case.eps > 0 and any(ref.stats[p].batch_stats and (ref.stats[p].var == 0).any() for p in case.phases):
@@ -449,6 +452,7 @@ class _Fit:
     modelled: int  # deviating quantities it models
     unconstrained: float = 0.0  # fraction of the modelled elements where its bound is +inf
     inflation: float = 0.0  # mean log(bound / declared bound), over the elements every rival constrains (tightness)
+    documented: bool = False  # the target's record declares the behaviour (precision models: ranked first)
     log_ratios: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # per key: log(bound / declared bound)
 
 
@@ -633,17 +637,19 @@ def diagnose(case: Case, inputs: Inputs, obs: Observation, refs: dict[str, Refer
     explaining = [r for r in results if r.residual <= 1.0]
     if ranged is not None:
         explaining.insert(0, ranged[0])
+    for r in explaining:
+        r.documented = documented(r.name, conventions, case)
     _tightness([r for r in explaining if HYPOTHESES[r.name].kind == "precision"])
     explaining.sort(key=_rank)
     others = sorted((r for r in results if r not in explaining[:1]), key=lambda r: r.residual)[:3]
     channels = sorted({c for v in bad for c in v.channels})
     step = int(first.phase[5:]) if first.phase.startswith("train") else None
     info = _conditioning(case, inputs, ref, first, obs[first.key], base_bounds()[first.key])
-    documented = False
+    declared_behaviour = False
     if explaining:
         name, residual = explaining[0].name, explaining[0].residual
         hyp = HYPOTHESES[name]
-        cls, documented = classify(name, conventions, case)
+        cls, declared_behaviour = classify(name, conventions, case)
         explanation = hyp.explanation
     else:
         name, residual, cls = "unexplained", None, "suspected-bug"
@@ -654,7 +660,7 @@ def diagnose(case: Case, inputs: Inputs, obs: Observation, refs: dict[str, Refer
     diag = Diagnosis(first=first.key, quantity=first.quantity, mode="eval" if first.phase == "eval" else "train",
                      step=step, deviating=keys, channels=channels, conditioning=info, hypothesis=name,
                      residual=residual, classification=cls, explanation=explanation,
-                     alternatives=[(r.name, r.residual) for r in others], documented=documented,
+                     alternatives=[(r.name, r.residual) for r in others], documented=declared_behaviour,
                      severity=level, severity_reasons=reasons, out_of_range=[i.to_dict() for i in relevant],
                      hypothesis_errors=failures)
     diag.signature = signature(family, diag.quantity, name, case.regime_name)
@@ -665,10 +671,10 @@ def _rank(r: _Fit) -> tuple[Any, ...]:
     """Sort key of an explaining hypothesis (the module docstring's rules 0-4)."""
     kind = HYPOTHESES[r.name].kind
     if kind == "range":
-        return (-1, -r.modelled, 0, r.residual, 0.0, 0.0)
+        return (-1, -r.modelled, 0, False, r.residual, 0.0, 0.0)
     if kind == "precision":
-        return (0, -r.modelled, 1, r.inflation, r.unconstrained, r.residual)
-    return (0, -r.modelled, 0, r.residual, 0.0, 0.0)
+        return (0, -r.modelled, 1, not r.documented, r.inflation, r.unconstrained, r.residual)
+    return (0, -r.modelled, 0, False, r.residual, 0.0, 0.0)
 
 
 def _computation_dtype(case: Case, conventions: Conventions) -> str:

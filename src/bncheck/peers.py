@@ -14,8 +14,11 @@ when, with at least RULE.min_peers peers,
 where error is the largest absolute error over the quantity's elements (`max_abs` of the verdict) and the ULP
 is that of the output dtype at the quantity's largest reference value (`scale_ulp`). The median is robust to
 a minority of inaccurate peers; the floor keeps errors of a few roundings from counting when the peers are
-exact. With fewer peers the quantity is not judged, and the run's summary says how many were not. The factor
-and floor were derived from the errors of the shipped suites' targets: docs/peers.md.
+exact. A quantity whose bound is as large as the quantity itself (`bound_max >= scale`: the problem's
+conditioning, e.g. a float32 mean of 1e8 with a spread of 1, leaves no digit guaranteed) is not judged: there
+the order of operations, not the kernel's accuracy, decides who is closest. With fewer peers the quantity is
+not judged either; the run's summary counts both. The factor and floor were derived from the errors of the
+shipped suites' targets: docs/peers.md.
 
 Out of range, or not (`out-of-range` kept or revised)
 -----------------------------------------------------
@@ -69,6 +72,13 @@ def _num(x: Any) -> float:
         return math.inf
 
 
+def _safe(x: Any) -> Any:
+    """A float for JSON: non-finite ones as 'inf', '-inf' or 'nan'."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if x != x else ("inf" if x > 0 else "-inf")
+    return x
+
+
 def _family(target: str) -> str:
     return target.split("@", 1)[0]
 
@@ -80,12 +90,14 @@ class PeerJudgement:
     outliers: list[dict[str, Any]]  # one per (case, target, key): the outlier and its peers
     judged: int = 0  # (case, target, key) triples judged against at least RULE.min_peers peers
     not_judged: int = 0  # passing triples with fewer peers: not judged
+    unresolved: int = 0  # passing triples whose bound is as large as the quantity: not judged
     revised: int = 0  # out-of-range diagnoses revised to suspected-bug by a same-format peer that passed
     kept: int = 0  # out-of-range diagnoses kept (no same-format peer passed)
 
     def summary(self, rule: PeerRule = RULE) -> dict[str, Any]:
         """The counts for results.json's summary, with the rule."""
         return {"rule": rule.to_dict(), "judged": self.judged, "not_judged_fewer_peers": self.not_judged,
+                "not_judged_no_digit_guaranteed": self.unresolved,
                 "outliers": len(self.outliers), "out_of_range_kept": self.kept, "out_of_range_revised": self.revised}
 
 
@@ -116,6 +128,11 @@ def outliers_of_case(case_id: str, executions: list[dict[str, Any]], rule: PeerR
             if len(peers) < rule.min_peers:
                 if counts is not None:
                     counts.not_judged += 1
+                continue
+            bound_max, top = _num(v.get("bound_max", 0.0)), _num(v.get("scale", math.inf))
+            if bound_max >= top:
+                if counts is not None:
+                    counts.unresolved += 1
                 continue
             if counts is not None:
                 counts.judged += 1
@@ -204,7 +221,7 @@ def outlier_findings(outliers: list[dict[str, Any]], cases: dict[str, dict[str, 
         g["count"] += 1
         if o["case_id"] not in g["cases"]:
             g["cases"].append(o["case_id"])
-        if g["worst"] is None or o["factor"] > g["worst"]["factor"]:
+        if g["worst"] is None or o["factor"] > _num(g["worst"]["factor"]):
             phase = phase_of(o["key"])
             g["mode"] = "eval" if phase == "eval" else "train"
             g["worst"] = {"case_id": o["case_id"], "ratio": o["ratio"], "residual": None, "first": o["key"],
@@ -213,8 +230,8 @@ def outlier_findings(outliers: list[dict[str, Any]], cases: dict[str, dict[str, 
                           "agreeing_targets": sorted(p["target"] for p in o["peers"] if p["passed"]),
                           "deviating_targets": sorted(p["target"] for p in o["peers"] if not p["passed"]),
                           "error": o["error"], "median_peer_error": o["median_peer_error"],
-                          "factor": o["factor"] if math.isfinite(o["factor"]) else "inf", "ulps": o["ulps"],
-                          "peers": o["peers"],
+                          "factor": _safe(o["factor"]), "ulps": o["ulps"],
+                          "peers": [{k: _safe(x) for k, x in p.items()} for p in o["peers"]],
                           "verdicts": [{k: x for k, x in v.items() if k not in ("ratio_value", "diagnosis")}
                                        for v in all_verdicts.get((o["case_id"], o["target"]), [])]}
         size = lambda cid: math.prod(cases[cid]["shape"]) * (cases[cid]["steps"] + 1)  # noqa: E731
