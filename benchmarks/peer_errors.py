@@ -50,8 +50,8 @@ def triples(out_dir: Path) -> list[dict]:
             errors = {t: _num(v.get("max_abs")) for t, v in by_target.items()}
             for t, v in by_target.items():
                 peers = [p for p in by_target if p != t]
-                if not v.get("passed") or len(peers) < 3:
-                    continue
+                if not v.get("passed") or len(peers) < 3 or _num(v.get("bound_max", 0.0)) >= _num(v.get("scale", math.inf)):
+                    continue  # as peers.outliers_of_case: passing, three peers, a bound below the quantity's scale
                 med = statistics.median(errors[p] for p in peers)
                 err, scale = errors[t], _num(v.get("scale_ulp"))
                 out.append({"case": case_id, "regime": cases[case_id]["regime"]["name"], "dtype": cases[case_id]["dtype"],

@@ -232,6 +232,10 @@ def _running_only(case: Case) -> Callable[[str], bool]:
     return lambda key: quantity_of(key) in ("running_mean", "running_var") or phase_of(key) == "eval"
 
 
+# sequential-accumulation is offered from this many elements per channel: there its n u bound is at least ten
+# times the probabilistic 6 sqrt(n) u (sqrt(4096) / 6 = 10.7); below, it only loosens the bound a little and
+# would be named for any deviation slightly beyond it, whatever the mechanism
+SEQUENTIAL_MIN_ELEMENTS = 4096
 MEMO_BYTES = 16 << 20  # a case's hypotheses kept for its other targets, at most (a case in flight holds them)
 
 
@@ -340,7 +344,8 @@ def _candidates(case: Case, inputs: Inputs, refs: dict[str, Reference], conventi
         out.append(_Candidate("half-precision-statistics", precision(statistics=case.dtype), issues=half_issues,
                               keys=frozenset(k for k in ref.values if quantity_of(k) not in ("dx", "dgamma", "dbeta"))))
         out.append(_Candidate("elementwise-input-dtype", precision(elementwise=case.dtype)))
-    out.append(_Candidate("sequential-accumulation", precision(summation="sequential")))
+    if case.per_channel >= SEQUENTIAL_MIN_ELEMENTS:
+        out.append(_Candidate("sequential-accumulation", precision(summation="sequential")))
     if case.eps > 0 and any(ref.stats[p].batch_stats and (ref.stats[p].var == 0).any() for p in case.phases):
         out.append(_Candidate("constant-channel-cancellation", precision(variance="one-pass-clamped")))
     tiny = min_normal(formats.accumulation_format(case, conventions))
