@@ -20,7 +20,7 @@ import pytest
 from conftest import PLUGINS, write_jsonl
 
 sys.path.insert(0, str(PLUGINS))
-from peer_bn_targets import MANY, PEER_NAN_CASE  # noqa: E402
+from peer_bn_targets import MANY, PEER_NAN_CASE, VARIANCE_OVERFLOW_CASE  # noqa: E402
 
 from bncheck import peers  # noqa: E402
 from bncheck.cases import case_from_dict  # noqa: E402
@@ -101,7 +101,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from conftest import run_cli
 
     tmp = tmp_path_factory.mktemp("peers")
-    cases = write_jsonl(tmp / "cases.jsonl", [MANY, PEER_NAN_CASE])
+    cases = write_jsonl(tmp / "cases.jsonl", [MANY, PEER_NAN_CASE, VARIANCE_OVERFLOW_CASE])
     out = tmp / "out"
     r = run_cli("run", "smoke", str(cases), "--plugin", "peer_bn_targets", "--targets", "peerbn.*", "--shrink", "0",
                 "--out", str(out), timeout=900)
@@ -179,3 +179,21 @@ def test_a_resumed_run_is_judged_from_what_is_stored(run: dict[str, Any], tmp_pa
     assert key(doc) == key(run["doc"]) and key(doc)
     assert doc["summary"]["peers"]["judged"] == run["doc"]["summary"]["peers"]["judged"]
     assert math.isfinite(doc["summary"]["peers"]["rule"]["factor"])
+
+
+def test_a_variance_beyond_float32_is_out_of_range_on_every_float32_target(run: dict[str, Any]) -> None:
+    """The exact variance (4e38) exceeds float32's maximum: the three float32 kernels overflow alike and are
+    out-of-range (naming the intermediate and each other as same-format peers that fail alike), not suspected
+    bugs; the float64 kernel declares another format, passes, and revises nothing."""
+    cid = case_from_dict(VARIANCE_OVERFLOW_CASE).case_id
+    doc = run["doc"]
+    found = {f["target"]: f for f in doc["findings"] if cid in f["cases"]}
+    float32 = {"peerbn.pairwise@cpu", "peerbn.fold@cpu", "peerbn.sequential@cpu"}
+    assert float32 <= set(found) and "peerbn.wide@cpu" not in found, sorted(found)
+    for t in float32:
+        f = found[t]
+        assert (f["classification"], f["hypothesis"]) == ("out-of-range", "variance-overflow"), f
+        assert any(i["hypothesis"] == "variance-overflow" and i["format"] == "float32" for i in f["out_of_range"])
+        check = f["peer_checks"][0]
+        assert check["same_format_passing"] == [] and set(check["same_format_failing"]) == float32 - {t}
+    assert doc["summary"]["peers"]["out_of_range_kept"] >= 3 and doc["summary"]["peers"]["out_of_range_revised"] == 0

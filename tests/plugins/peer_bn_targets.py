@@ -34,7 +34,10 @@ MANY = {"shape": [16, 2, 256, 256], "regime": {"name": "many-elements-offset", "
         "seed": 107}
 # a float32 one-pass kernel at a mean offset of 3e3: some channels' variance cancels below zero (NaN output)
 PEER_NAN_CASE = {"shape": [8, 6, 6, 6], "grad": True, "regime": {"name": "offset3e3", "x": {"dist": "normal", "loc": 3e3, "scale": 1.0}}}
+# float32 values of spread 2e19: the exact variance (4e38) exceeds float32's maximum (3.4e38)
+VARIANCE_OVERFLOW_CASE = {"shape": [8, 6, 6, 6], "grad": True, "regime": {"name": "spread2e19", "x": {"dist": "normal", "loc": 0.0, "scale": 2e19}}}
 DECLARED = Conventions(momentum="new", running_var="unbiased")
+WIDE = Conventions(momentum="new", running_var="unbiased", accumulation="float64")
 
 
 def probe() -> dict:
@@ -72,7 +75,7 @@ def _target(suffix: str, description: str, **attrs: Any) -> None:
 
 _target("pairwise", "float32 (float64 for float64 cases), pairwise sums")
 _target("fold", "float32 (float64 for float64 cases), pairwise sums, folded affine", kernel={"fold": True})
-_target("wide", "float64 arithmetic for every case", acc=np.float64)
+_target("wide", "float64 arithmetic for every case", acc=np.float64, conventions=WIDE)
 _target("sequential", "float32 (float64 for float64 cases), one accumulator per channel", kernel={"summation": "sequential"})
 _target("onepass", "float32 one-pass variance, on one case", kernel={"variance": "one-pass"},
         only=case_from_dict(PEER_NAN_CASE).case_id)
