@@ -9,7 +9,8 @@ import numpy as np
 
 from ..cases import Case
 from ..inputs import Inputs
-from .vocabulary import (Accumulation, BesselRule, Elementwise, EpsPlacement, MomentumForm, ParameterPrecision, Refusal,
+# re-exported: adapters and plugins import the vocabulary from here with the record itself
+from .vocabulary import (Accumulation, BesselRule, Elementwise, EpsPlacement, MomentumForm, ParameterPrecision, Refusal,  # noqa: F401
                          RefusalCondition, RunningVar, StatisticsDtype, Subnormals, Summation, VarianceAlgorithm, coerce)
 
 Observation = dict[str, np.ndarray]
