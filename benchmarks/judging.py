@@ -1,4 +1,4 @@
-"""The parent's work per outcome, replayed without the frameworks: inputs, reference and bounds, comparison, diagnosis.
+"""The parent's work per outcome, replayed without the frameworks: inputs, reference and bounds, comparison, diagnosis, peers.
 
     python benchmarks/judging.py [--cases N] [--seed S | --suite NAME] [--targets PATTERN] [--repeats R]
 
@@ -8,8 +8,10 @@ of percent from run to run. This benchmark separates the parent's part. It runs 
 the workers return. Then, in this process alone, it replays the judging of those outcomes R times: each case's
 inputs and expected values (float64 reference and bounds under both running-variance conventions, built
 once per case), then per outcome the comparison, the diagnosis where something deviates, and the verdicts as
-the store receives them. For each stage it prints the CPU time, best of R (time.process_time), in total, per
-case and per outcome.
+the store receives them; then, per case, the peer judgement (peers.py: precision outliers, and the same-format
+check of out-of-range diagnoses) on those verdict rows, as the report builds it from the store. For each stage
+it prints the CPU time, best of R (time.process_time), in total, per case and per outcome, and the peer
+judgement's share of the per-outcome judging CPU (the issue's target: at most 10 %).
 
 The default targets have kernels of a millisecond or less, where the parent's work is the larger part of a
 run (see benchmarks/overhead.py and the README's Speed section).
@@ -53,13 +55,15 @@ def capture(pattern: str, cases: list[Any]) -> tuple[list[tuple[str, Any, dict[s
 
 def replay(cases: list[Any], captured: list[tuple[str, Any, dict[str, Any]]]) -> tuple[dict[str, float], int]:
     """CPU seconds of each judging stage over every captured outcome, with fresh per-case state; and how many deviate."""
+    from bncheck import peers
     from bncheck.compare import compare
     from bncheck.diagnose import diagnose
     from bncheck.inputs import make_inputs
     from bncheck.judging import expected_values
 
     by_id = {c.case_id: c for c in cases}
-    t = dict.fromkeys(("inputs", "reference + bounds", "compare", "diagnosis", "verdicts to dicts"), 0.0)
+    t = dict.fromkeys(("inputs", "reference + bounds", "compare", "diagnosis", "verdicts to dicts", "peers"), 0.0)
+    rows: dict[str, list[dict[str, Any]]] = {}  # case -> the executions as the store holds them
     per_case: dict[str, tuple[Any, Any]] = {}
     deviating = 0
     clock = time.process_time
@@ -78,13 +82,25 @@ def replay(cases: list[Any], captured: list[tuple[str, Any, dict[str, Any]]]) ->
         t1 = clock()
         if not all(v.passed for v in verdicts):
             deviating += 1
-            diagnose(case, inputs, obs, e.references, target.conventions, verdicts, target.family, bounds=e.bounds,
-                     memo=e.hypotheses)
+            d = diagnose(case, inputs, obs, e.references, target.conventions, verdicts, target.family, bounds=e.bounds,
+                         memo=e.hypotheses)
+        else:
+            d = None
         t2 = clock()
-        [v.to_dict() for v in verdicts]
+        dicts = [v.to_dict() for v in verdicts]
+        if d is not None:
+            dicts[next(i for i, v in enumerate(verdicts) if v.key == d.first)]["diagnosis"] = d.to_dict()
         t["compare"] += t1 - t0
         t["diagnosis"] += t2 - t1
         t["verdicts to dicts"] += clock() - t2
+        rows.setdefault(case_id, []).append({"case_id": case_id, "target": target.name, "status": "ok", "verdicts": dicts})
+    targets = [{"name": tg.name, "conventions": tg.conventions.to_dict()} for tg in {x[1].name: x[1] for x in captured}.values()]
+    case_docs = {cid: {**by_id[cid].to_dict(), "description": ""} for cid in rows}
+    t0 = clock()
+    for case_id, execs in rows.items():  # what build_results does, case by case
+        peers.revise_out_of_range(execs, {case_id: case_docs[case_id]}, targets)
+        peers.outliers_of_case(case_id, execs)
+    t["peers"] += clock() - t0
     return t, deviating
 
 
@@ -117,6 +133,9 @@ def main() -> None:
         print(f"  {k:<20} {v:7.3f}s {1000 * v / n_cases:8.3f}ms {1000 * v / len(captured):10.3f}ms")
     if deviating:
         print(f"  diagnosis per deviating outcome: {1000 * best['diagnosis'] / deviating:.2f} ms")
+    judging = sum(v for k, v in best.items() if k != "peers")
+    print(f"  peer judgement: {100 * best['peers'] / judging:.1f} % of the other stages' CPU per outcome "
+          f"({1000 * best['peers'] / len(captured):.3f} ms of {1000 * judging / len(captured):.3f} ms)")
 
 
 if __name__ == "__main__":

@@ -24,9 +24,10 @@ def test_judging_benchmark_prints_every_stage_and_their_total() -> None:
     assert head, r.stdout
     assert 1 <= int(head[1]) <= 12 and int(head[3]) <= 12
     stages = dict(re.findall(r"^  (\S[^\d\n]*?) +(\d+\.\d+)s ", r.stdout, re.M))
-    assert set(stages) == {"inputs", "reference + bounds", "compare", "diagnosis", "verdicts to dicts", "total"}
+    assert set(stages) == {"inputs", "reference + bounds", "compare", "diagnosis", "verdicts to dicts", "peers", "total"}
     parts = sum(float(v) for k, v in stages.items() if k != "total")
-    assert abs(parts - float(stages["total"])) <= 0.0035  # six figures, each rounded to the millisecond
+    assert abs(parts - float(stages["total"])) <= 0.004  # seven figures, each rounded to the millisecond
+    assert re.search(r"^  peer judgement: \d+\.\d % of the other stages' CPU per outcome", r.stdout, re.M), r.stdout
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")

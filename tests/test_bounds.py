@@ -34,7 +34,7 @@ class Kernel:
     acc: Any = np.float32  # arithmetic dtype of the whole kernel
     sum_dtype: Any = None  # dtype the channel sums accumulate in (None: acc)
     summation: str = "pairwise"  # "pairwise" (np.sum along a contiguous axis) or "sequential" (np.cumsum)
-    variance: str = "two-pass"  # "two-pass", "welford" or "one-pass" (E[x^2] - E[x]^2)
+    variance: str = "two-pass"  # "two-pass", "welford", "one-pass" (E[x^2] - E[x]^2) or "one-pass-clamped" (max(0, .))
     fold: bool = False  # y = x*a + b with a = gamma*invstd and b = beta - mean*a
     eps_placement: str = "inside"  # "inside" sqrt, "outside" (sqrt(var) + eps) or "ignored"
     norm_var: str = "biased"  # variance that normalises
@@ -47,6 +47,11 @@ class Kernel:
     saved_var: str = "biased"  # variance reported as batch_var
     float32_eps: bool = False  # eps reaches the kernel as a float32 attribute (ONNX)
     float32_momentum: bool = False  # so does momentum, in ONNX's form (weight of the old value)
+    reciprocal: bool = False  # means as sum * (1/n) with a rounded reciprocal (XLA, TF), not sum / n
+    ftz: bool = False  # subnormal inputs read as zero and subnormal results flushed (FTZ/DAZ)
+    stats_dtype: Any = None  # the batch statistics are rounded to this dtype before the output uses them
+    ew_dtype: Any = None  # the element-wise normalisation (and dx) in this dtype, the sums in `acc`
+    dx_form: str = "closed"  # "closed": gamma s (dy - mean dy - xhat mean(dy xhat)); "autodiff": via s^3
 
 
 CORRECT = Kernel()
@@ -75,13 +80,16 @@ def _moments(X: np.ndarray, k: Kernel) -> tuple[np.ndarray, np.ndarray, np.ndarr
             mean = mean + delta / acc(i)
             m2 = m2 + delta * (row - mean)
         return mean, m2 / nn, m2 / n1
-    mean = (_sum(X, k) / nn).astype(acc)
-    if k.variance == "one-pass":
-        var_b = (_sum(X * X, k) / nn).astype(acc) - mean * mean
+    div = (lambda a: a * (acc(1) / nn)) if k.reciprocal else (lambda a: a / nn)  # noqa: E731
+    mean = div(_sum(X, k)).astype(acc)
+    if k.variance in ("one-pass", "one-pass-clamped"):
+        var_b = div(_sum(X * X, k)).astype(acc) - mean * mean
+        if k.variance == "one-pass-clamped":
+            var_b = np.maximum(var_b, acc(0))
         return mean, var_b, var_b * (nn / n1)
     d = X - mean
     ssq = _sum(d * d, k).astype(acc)
-    return mean, ssq / nn, ssq / n1
+    return mean, div(ssq).astype(acc), ssq / n1
 
 
 def _physical(case: Case, rows: np.ndarray) -> np.ndarray:
@@ -112,14 +120,24 @@ def emulate(case: Case, inputs: Inputs, k: Kernel = CORRECT) -> dict[str, np.nda
     out_p = lambda a: round_as_float64(np.asarray(a, dtype=np.float64), case.param_dtype)  # noqa: E731
     obs: dict[str, np.ndarray] = {}
     previous = None
+    tiny = np.finfo(acc).tiny
+    daz = (lambda a: np.where(np.abs(a) < tiny, 0, a).astype(np.asarray(a).dtype)) if k.ftz else (lambda a: a)  # noqa: E731
+    ew = np.dtype(k.ew_dtype or k.acc).type
+    if k.ftz:
+        out_x0, out_p0 = out_x, out_p
+        out_x = lambda rows: daz(out_x0(rows))  # noqa: E731
+        out_p = lambda a: daz(out_p0(a))  # noqa: E731
+        gamma, beta = daz(gamma), daz(beta)
     with np.errstate(all="ignore"):
         for phase in case.phases:
-            X = flatten_channels(case, inputs[f"{phase}.x"]).astype(acc)
+            X = daz(flatten_channels(case, inputs[f"{phase}.x"]).astype(acc))
             n = X.shape[0]
             training = phase != "eval"
             batch = training or not case.track_running_stats or k.eval_stats == "batch"
             if batch:
                 mean, var_b, var_u = _moments(X, k)
+                if k.stats_dtype is not None:  # half-precision moments (tf.nn): rounded before anything uses them
+                    mean, var_b, var_u = (np.asarray(a).astype(k.stats_dtype).astype(acc) for a in (mean, var_b, var_u))
                 centre, v = mean, (var_b if k.norm_var == "biased" else var_u)
             else:
                 centre, v = rm, rv
@@ -133,6 +151,8 @@ def emulate(case: Case, inputs: Inputs, k: Kernel = CORRECT) -> dict[str, np.nda
                 a = gamma * invstd
                 b = beta - centre * a
                 Y = X * a + b
+            elif k.ew_dtype is not None:  # element-wise in the half dtype, from float32 statistics
+                Y = ((X.astype(ew) - centre.astype(ew)) * invstd.astype(ew)) * gamma.astype(ew) + beta.astype(ew)
             else:
                 Y = ((X - centre) * invstd) * gamma + beta
             obs[f"{phase}.y"] = out_x(Y)
@@ -151,11 +171,25 @@ def emulate(case: Case, inputs: Inputs, k: Kernel = CORRECT) -> dict[str, np.nda
                 obs[f"{phase}.running_mean"] = out_p(rm)
                 obs[f"{phase}.running_var"] = out_p(rv)
             if case.grad:
-                dY = flatten_channels(case, inputs[f"{phase}.dy"]).astype(acc)
+                dY = daz(flatten_channels(case, inputs[f"{phase}.dy"]).astype(acc))
                 xhat = (X - centre) * invstd
                 dbeta = _sum(dY, k).astype(acc)
                 dgamma = _sum(dY * xhat, k).astype(acc)
-                if batch:
+                if batch and k.dx_form == "autodiff":  # d var / dx through rsqrt: s^3 = (var + eps)^-1.5
+                    nn = acc(n)
+                    d = X - centre
+                    dX = (gamma * invstd) * (dY - dbeta / nn) - gamma * (invstd * invstd * invstd) * d * (_sum(dY * d, k) / nn)
+                elif batch and k.eps_placement == "outside":  # the gradient of (x - mean) / (sqrt(var) + eps)
+                    nn = acc(n)
+                    d = X - centre
+                    sd = np.sqrt(v)
+                    coef = np.where(sd > 0, invstd * invstd * (_sum(dY * d, k) / nn) / np.where(sd > 0, sd, acc(1)), acc(0))
+                    dX = gamma * (invstd * (dY - dbeta / nn) - d * coef)
+                elif batch and k.ew_dtype is not None:
+                    nn = acc(n)
+                    m1, m2 = (dbeta / nn).astype(ew), (dgamma / nn).astype(ew)
+                    dX = (gamma * invstd).astype(ew) * (dY.astype(ew) - m1 - xhat.astype(ew) * m2)
+                elif batch:
                     nn = acc(n)
                     mdy = dbeta / nn if k.dx_mean_dy else acc(0)
                     dX = (gamma * invstd) * (dY - mdy - xhat * (dgamma / nn))
@@ -169,17 +203,18 @@ def emulate(case: Case, inputs: Inputs, k: Kernel = CORRECT) -> dict[str, np.nda
 
 
 # ---- judging ---------------------------------------------------------------------------------------
-_CACHE: dict[str, tuple[Inputs, dict[str, Reference], dict[str, dict[str, np.ndarray]]]] = {}
+_CACHE: dict[tuple[str, str], tuple[Inputs, dict[str, Reference], dict[str, dict[str, np.ndarray]]]] = {}
 
 
-def prepared(case: Case) -> tuple[Inputs, dict[str, Reference], dict[str, dict[str, np.ndarray]]]:
-    """Inputs, references and bounds under both running-variance conventions (cached by case id)."""
+def prepared(case: Case, eps_placement: str = "inside_sqrt") -> tuple[Inputs, dict[str, Reference], dict[str, dict[str, np.ndarray]]]:
+    """Inputs, references and bounds under both running-variance conventions (cached by case id and eps placement)."""
     # keyed by case_id: Case equality ignores the regime, so two regimes of one shape would collide
-    if case.case_id not in _CACHE:
+    key = (case.case_id, str(eps_placement))
+    if key not in _CACHE:
         inputs = make_inputs(case)
-        refs = {c: compute_reference(case, inputs, c) for c in RUNNING_VAR_CONVENTIONS}
-        _CACHE[case.case_id] = (inputs, refs, {c: compute_bounds(case, inputs, refs[c]) for c in refs})
-    return _CACHE[case.case_id]
+        refs = {c: compute_reference(case, inputs, c, str(eps_placement)) for c in RUNNING_VAR_CONVENTIONS}
+        _CACHE[key] = (inputs, refs, {c: compute_bounds(case, inputs, refs[c]) for c in refs})
+    return _CACHE[key]
 
 
 def run(case: Case, k: Kernel = CORRECT) -> dict[str, Verdict]:

@@ -22,17 +22,21 @@ from bncheck.diagnose import HYPOTHESES, Diagnosis, HypothesisMemo, diagnose, si
 from bncheck.dtypes import round_as_float64
 from bncheck.inputs import Inputs
 from bncheck.reference import quantity_of
-from bncheck.targets.base import Conventions, flatten_channels
+from bncheck.targets.base import (Accumulation, BesselRule, Conventions, EpsPlacement, ParameterPrecision, StatisticsDtype,
+                                  VarianceAlgorithm, flatten_channels)
 from test_bounds import DECLARED, Kernel, _physical, emulate, mk, prepared, print_table
 
 FAMILY = "emulated.bn"
 BIASED = Conventions(momentum="new", running_var="biased")
 # ONNX's record: momentum is the weight of the old value, eps and momentum are float32 attributes
-ONNX = Conventions(momentum="old", running_var="unbiased", parameter_precision="epsilon and momentum are float32 attributes")
+ONNX = Conventions(momentum="old", running_var="unbiased", parameter_precision=ParameterPrecision.FLOAT32_ATTRIBUTES)
 ONNX_UNDOCUMENTED = Conventions(momentum="old", running_var="unbiased")  # same kernel, record silent on the rounding
-TORCH_F32 = Conventions(momentum="new", running_var="unbiased", parameter_precision="eps and momentum reach the kernel as float32")
-CLAMPED = Conventions(momentum="new", running_var="unbiased", notes="running variance uses n / max(n - 1, 1)")
-ONE_PASS_DOCUMENTED = Conventions(momentum="new", running_var="unbiased", variance_algorithm="one-pass E[x^2]-E[x]^2")
+TORCH_F32 = Conventions(momentum="new", running_var="unbiased", parameter_precision=ParameterPrecision.FLOAT32_ATTRIBUTES)
+CLAMPED = Conventions(momentum="new", running_var="unbiased", bessel=BesselRule.CLAMPED)
+ONE_PASS_DOCUMENTED = Conventions(momentum="new", running_var="unbiased", variance_algorithm=VarianceAlgorithm.ONE_PASS)
+EPS_OUTSIDE = Conventions(momentum="new", running_var="unbiased", eps_placement=EpsPlacement.OUTSIDE)
+HALF_MOMENTS = Conventions(momentum="new", running_var="unbiased", statistics_dtype=StatisticsDtype.INPUT)  # tf.nn's
+HALF_ACCUMULATION = Conventions(momentum="new", running_var="unbiased", accumulation=Accumulation.INPUT_DTYPE)
 
 DIAGNOSES: dict[str, str] = {}  # label -> one line, printed at module teardown
 
@@ -49,7 +53,7 @@ def _diagnosis_table():
 def run_diagnosis(case: Case, observe: Kernel | Observe = Kernel(), conventions: Conventions = DECLARED,
                   drop: tuple[str, ...] = (), family: str = FAMILY, label: str = "") -> Diagnosis | None:
     """emulate (or a custom observation) -> compare -> diagnose; `drop` removes quantities the target does not observe."""
-    inputs, refs, bounds = prepared(case)
+    inputs, refs, bounds = prepared(case, conventions.eps_placement)
     obs = emulate(case, inputs, observe) if isinstance(observe, Kernel) else observe(case, inputs)
     obs = {k: v for k, v in obs.items() if quantity_of(k) not in drop}
     verdicts = compare(case, obs, refs, bounds, conventions)
@@ -105,6 +109,12 @@ def scaled_y(case: Case, inputs: Inputs) -> dict[str, np.ndarray]:
     return obs
 
 
+def nan_free_y(case: Case, inputs: Inputs) -> dict[str, np.ndarray]:
+    """A correct float32 kernel whose y is 0 where it would be NaN (0/0 on a constant channel with eps = 0)."""
+    obs = emulate(case, inputs, Kernel())
+    return {k: np.where(np.isnan(v), 0.0, v) if k.endswith(".y") else v for k, v in obs.items()}
+
+
 def n1_running_var_garbage(case: Case, inputs: Inputs) -> dict[str, np.ndarray]:
     """One value per channel; the running variance comes back as 123 (no formula gives that)."""
     obs = emulate(case, inputs, Kernel())
@@ -121,6 +131,17 @@ TRAJ2_FWD = mk([8, 6, 6, 6], mode="trajectory", steps=2)  # forward only: the ru
 F64_TRAJ = mk([8, 6, 6, 6], dtype="float64", mode="trajectory", steps=3, grad=True)
 N1_TRAIN = mk([1, 6])  # one value per channel: the unbiased variance is 0/0
 N1_TRAJ = mk([1, 6], mode="trajectory", steps=2)
+
+
+def spread(name: str, scale: float, loc: float = 0.0, **kw: Any) -> Case:
+    """A float32 training case with gradients whose x ~ N(loc, scale) (regime `name`)."""
+    return mk([8, 6, 6, 6], grad=True, regime={"name": name, "x": {"dist": "normal", "loc": loc, "scale": scale}}, **kw)
+
+
+def constant_channel(value: float, **kw: Any) -> Case:
+    """A float32 training case with gradients whose channel 0 holds `value` everywhere."""
+    return mk([8, 6, 6, 6], grad=True, regime={"name": f"constant{value:g}", "x": {
+        "dist": "normal", "loc": 0, "scale": 1, "channels": {"0": {"dist": "constant", "value": value}}}}, **kw)
 
 
 def offset(loc: float, **kw: Any) -> Case:
@@ -209,6 +230,47 @@ FAULTS = [
                  Kernel(acc=np.float16, variance="one-pass"), DECLARED, (),
                  "one-pass-variance+input-dtype-accumulation", "train0.batch_mean", "precision",
                  id="one-pass-variance+input-dtype-accumulation-offset30"),
+    # ---- eps placement read from the record: declared outside, computed inside
+    pytest.param(TRAIN_EPS3, Kernel(), EPS_OUTSIDE, (), "eps-inside-sqrt", "train0.batch_invstd", "suspected-bug",
+                 id="eps-inside-sqrt"),
+    # ---- weaker arithmetic
+    # TensorFlow's CPU sums: one float32 accumulator per channel over 65,536 values of 1e4 + N(0, 1)
+    pytest.param(mk([16, 2, 64, 64], regime={"name": "offset1e4", "x": {"dist": "normal", "loc": 1e4, "scale": 1.0}}),
+                 Kernel(summation="sequential"), DECLARED, (), "sequential-accumulation", "train0.batch_mean", "precision",
+                 id="sequential-accumulation"),
+    pytest.param(spread("subnormal", 1e-39, eps=1e-30), Kernel(ftz=True), DECLARED, (),
+                 "subnormals-flushed", "train0.batch_mean", "precision", id="subnormals-flushed"),
+    pytest.param(mk([8, 6, 6, 6], dtype="float16", param_dtype="float32", grad=True), Kernel(stats_dtype=np.float16),
+                 DECLARED, (), "half-precision-statistics", "train0.batch_mean", "precision", id="half-precision-statistics"),
+    # float16 moments of spread 300: the variance (9e4) overflows float16 where the record says float32
+    pytest.param(mk([8, 6, 6, 6], dtype="float16", param_dtype="float32", grad=True,
+                    regime={"name": "spread300", "x": {"dist": "normal", "loc": 0.0, "scale": 300.0}}),
+                 Kernel(stats_dtype=np.float16), DECLARED, (), "half-precision-statistics", "train0.batch_mean", "precision",
+                 id="half-precision-statistics-overflow"),
+    pytest.param(mk([8, 6, 6, 6], dtype="float16", grad=True), Kernel(ew_dtype=np.float16), DECLARED, (),
+                 "elementwise-input-dtype", "train0.y", "precision", id="elementwise-input-dtype"),
+    # Flax: max(0, E[x^2] - E[x]^2) with means as sums times a rounded 1/n leaves a residue on a constant channel
+    pytest.param(constant_channel(0.7), Kernel(variance="one-pass-clamped", reciprocal=True), DECLARED, ("batch_var", "batch_var_unbiased", "batch_invstd"),
+                 "constant-channel-cancellation", "train0.dx", "precision", id="constant-channel-cancellation-dx-only"),
+    pytest.param(constant_channel(2.3), Kernel(variance="one-pass-clamped", reciprocal=True), DECLARED, (),
+                 "constant-channel-cancellation", "train0.batch_var", "precision", id="constant-channel-cancellation"),
+    # autodiff of rsqrt: invstd^3 = 1e45 overflows float32 (eps = 1e-30, var = 1e-50)
+    pytest.param(spread("tiny", 1e-25, eps=1e-30), Kernel(dx_form="autodiff"), DECLARED, (),
+                 "invstd-cubed-overflow", "train0.dx", "precision", id="invstd-cubed-overflow"),
+    # ---- out of the declared format's range: every float32 kernel fails alike
+    pytest.param(spread("spread2e19", 2e19), Kernel(), DECLARED, (), "variance-overflow", "train0.batch_invstd", "out-of-range",
+                 id="variance-overflow"),
+    pytest.param(spread("spread1e19", 1e19), Kernel(), DECLARED, (), "sum-of-squares-overflow", "train0.batch_var",
+                 "out-of-range", id="sum-of-squares-overflow"),
+    pytest.param(spread("mean1e37", 1.0, loc=1e37), Kernel(), DECLARED, (), "sum-overflow", "train0.batch_mean",
+                 "out-of-range", id="sum-overflow"),
+    # float16 moments (declared, as tf.nn's): var + eps = 1.1e-8 rounds to zero in float16
+    pytest.param(mk([8, 6, 6, 6], dtype="float16", param_dtype="float16", grad=True, eps=1e-9,
+                    regime={"name": "spread1e-4", "x": {"dist": "normal", "loc": 0.0, "scale": 1e-4}}),
+                 Kernel(stats_dtype=np.float16), HALF_MOMENTS, (), "variance-underflow", "train0.batch_invstd", "out-of-range",
+                 id="variance-underflow"),
+    pytest.param(constant_channel(2.0, eps=0.0), nan_free_y, DECLARED, (), "invstd-overflow", "train0.y", "out-of-range",
+                 id="invstd-overflow"),
 ]
 
 
@@ -232,6 +294,9 @@ def test_fault_is_diagnosed(case: Case, observe: Kernel | Observe, conventions: 
     assert d.step == (None if first.startswith("eval") else int(first.split(".")[0][5:]))
     assert d.explanation == HYPOTHESES[hypothesis].explanation
     assert hypothesis not in (n for n, _ in d.alternatives), "the winner is not listed again among the alternatives"
+    assert d.hypothesis_errors == [], f"hypotheses raised: {d.hypothesis_errors}"
+    if classification == "out-of-range":
+        assert hypothesis in [i["hypothesis"] for i in d.out_of_range] and all(i["description"] for i in d.out_of_range), d.out_of_range
 
 
 # ---- 2. correct kernels get no diagnosis ----------------------------------------------------------------
@@ -392,7 +457,7 @@ def test_constrained_model_beats_a_vacuously_loose_one() -> None:
 def test_diagnosis_is_the_same_without_the_callers_bounds(case: Case, observe: Kernel | Observe, conventions: Conventions,
                                                          drop: tuple[str, ...]) -> None:
     """diagnose() computes the correct kernel's bounds itself when the caller does not pass them: same diagnosis."""
-    inputs, refs, bounds = prepared(case)
+    inputs, refs, bounds = prepared(case, conventions.eps_placement)
     obs = emulate(case, inputs, observe) if isinstance(observe, Kernel) else observe(case, inputs)
     obs = {k: v for k, v in obs.items() if quantity_of(k) not in drop}
     verdicts = compare(case, obs, refs, bounds, conventions)
@@ -411,7 +476,7 @@ def test_a_shared_memo_changes_no_diagnosis(case: Case, observe: Kernel | Observ
     second target with the same conventions computes no reference or bound again."""
     import bncheck.diagnose as diagnose_module
 
-    inputs, refs, bounds = prepared(case)
+    inputs, refs, bounds = prepared(case, conventions.eps_placement)
     obs = emulate(case, inputs, observe) if isinstance(observe, Kernel) else observe(case, inputs)
     obs = {k: v for k, v in obs.items() if quantity_of(k) not in drop}
     verdicts = compare(case, obs, refs, bounds, conventions)
@@ -432,3 +497,60 @@ def test_a_shared_memo_changes_no_diagnosis(case: Case, observe: Kernel | Observ
     full = HypothesisMemo(limit=0)  # no room: nothing is kept, everything is computed again, nothing changes
     assert diagnose(case, inputs, obs, refs, conventions, verdicts, FAMILY, bounds, memo=full).to_dict() == alone.to_dict()
     assert full.kept == {} and full.nbytes == 0
+
+
+# ---- 9. a hypothesis that raises is reported, never taken for one that explains nothing -------------------
+def test_a_raising_hypothesis_is_reported_in_the_diagnosis_and_on_stderr(monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A hypothesis whose computation raises is named with its error in the diagnosis (hypothesis_errors) and
+    on stderr; the others are still evaluated (the fault is still named by its own hypothesis)."""
+    import bncheck.diagnose as diagnose_module
+
+    original = diagnose_module._variant_y
+
+    def broken(case: Case, inputs: Inputs, ref: Any, how: str) -> Any:
+        if how == "blended-stats":
+            raise RuntimeError("injected hypothesis failure")
+        return original(case, inputs, ref, how)
+
+    monkeypatch.setattr(diagnose_module, "_variant_y", broken)
+    d = run_diagnosis(TRAJ2_FWD, statistics_normalised("running"))
+    assert d is not None and d.hypothesis == "train-uses-running-stats"
+    assert d.hypothesis_errors == [{"hypothesis": "blended-stats", "error": "RuntimeError: injected hypothesis failure"}]
+    assert d.to_dict()["hypothesis_errors"] == d.hypothesis_errors
+    err = capsys.readouterr().err
+    assert "hypothesis blended-stats raised" in err and "injected hypothesis failure" in err
+
+
+# ---- 10. golden signatures: what CI baselines key on ---------------------------------------------------------
+# Literal values: a change of diagnose.signature (or of the hypothesis a fixed fault is given) shows here, and
+# must come with a baseline migration note (docs/findings.md, "Signatures and baselines").
+GOLDEN = [
+    pytest.param(TRAJ, Kernel(momentum="flipped"), DECLARED, (), "momentum-flipped", "running_mean", "64f41933c332",
+                 id="momentum-flipped"),
+    pytest.param(offset(1e3), Kernel(variance="one-pass"), DECLARED, (), "one-pass-variance", "batch_var", "934a3766c41b",
+                 id="one-pass-variance"),
+    pytest.param(F64_TRAJ, Kernel(acc=np.float64, float32_eps=True, float32_momentum=True), ONNX, (), "params-float32",
+                 "batch_invstd", "758b9a9e26b6", id="params-float32"),
+    pytest.param(TRAJ, Kernel(dgamma_sign=-1.0), DECLARED, (), "unexplained", "dgamma", "3b7cd873c69b", id="unexplained"),
+    pytest.param(spread("spread2e19", 2e19), Kernel(), DECLARED, (), "variance-overflow", "batch_invstd", "1c84ce902418",
+                 id="variance-overflow"),
+]
+
+
+@pytest.mark.parametrize("case,observe,conventions,drop,hypothesis,quantity,golden", GOLDEN)
+def test_golden_signatures(case: Case, observe: Any, conventions: Conventions, drop: tuple[str, ...], hypothesis: str,
+                           quantity: str, golden: str) -> None:
+    """Fixed faults keep their literal signatures (family 'emulated.bn', the case's regime)."""
+    d = run_diagnosis(case, observe, conventions, drop)
+    assert d is not None and (d.hypothesis, d.quantity) == (hypothesis, quantity), describe(d)
+    assert d.signature == golden == signature(FAMILY, quantity, hypothesis, case.regime_name)
+
+
+def test_golden_signatures_of_peer_outliers_and_execution_failures() -> None:
+    """The other gated items' signatures: a precision outlier's and an error pseudo-finding's."""
+    from bncheck.gate import execution_signature
+    from bncheck.peers import PEER_OUTLIER
+
+    assert signature("tf.fused", "batch_mean", PEER_OUTLIER, "many-elements") == "7d60ccc2ad11"
+    assert execution_signature("faulty.numpy@cpu", "error", "ValueError: injected failure") == "b9f87137180e"

@@ -307,8 +307,8 @@ def test_junit_xml_structure(tmp_path):
     assert list(ok) == []
     fail = cases[("t.bn@cpu", "train float32 (2, 3) c1 [c1]")].find("failure")
     assert fail.get("type") == "deviation"
-    assert fail.get("message") == ("train0.running_var deviates: error inf x bound, 2 NaN/Inf mismatches "
-                                   "(2 quantities deviate); one-pass-variance (precision), first at train0.y")
+    assert fail.get("message") == ("train0.running_var deviates: NaN/Inf in 2 elements "
+                                   "(2 quantities deviate); one-pass-variance (precision, minor), first at train0.y")
     assert "train0.y: ratio 12.5" in fail.text and "signature abc123" in fail.text
     assert "bncheck replay c1 --target t.bn@cpu" in fail.text
     crash = cases[("t.bn@cpu", "train float32 (2, 3) c2 [c2]")].find("error")
@@ -461,7 +461,7 @@ def test_junit_command(runs):
     assert {tc.get("classname") for tc in root.iter("testcase")} == {"faulty.numpy@cpu"}
     assert all(tc.get("name").endswith("]") for tc in root.iter("testcase"))
     messages = [f.get("message") for f in root.iter("failure")]
-    assert any(m.startswith("train0.y deviates") and "unexplained (suspected-bug)" in m for m in messages)
+    assert any(m.startswith("train0.y deviates") and "unexplained (suspected-bug, " in m for m in messages)
     err = next(root.iter("error"))
     assert err.get("message") == "ValueError: injected failure" and "Traceback" in err.text
     other = runs["root"] / "junit" / "x.xml"

@@ -28,7 +28,7 @@ def test_faults_are_recorded_and_the_run_completes(tmp_path, cli):
     for s in (1, 2, 3, 4, 5):
         assert by_seed[s]["status"] == "ok" and not by_seed[s]["deviations"], by_seed[s]
         assert "train0.running_var" in by_seed[s]["checked"]
-    assert doc["summary"]["by_status"] == {"ok": 6, "error": 1, "crash": 2, "timeout": 1, "unsupported": 0}
+    assert doc["summary"]["by_status"] == {"ok": 6, "error": 1, "refused": 0, "crash": 2, "timeout": 1, "unsupported": 0}
     assert doc["run"]["status"] == "complete"
 
 

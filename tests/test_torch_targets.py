@@ -76,16 +76,42 @@ def test_inputs_are_not_mutated():
 
 
 @pytest.mark.parametrize("cls, spec, words", [
-    (TorchModule, {"shape": [8, 4, 5], "eps": 0.0}, "eps=0"),
     (TorchModuleChannelsLast, {"shape": [8, 4, 5]}, "rank 3"),
     (TorchModule, {"shape": [8, 4, 5], "dtype": "float32", "param_dtype": "float16"}, "not accepted"),
 ])
 def test_unsupported_cases_say_why(cls, spec, words):
-    """Cases torch cannot run are rejected in the parent with a reason."""
+    """Cases the torch adapters cannot express are rejected in the parent with a reason."""
     reason = cls("cpu").supports(case_from_dict(spec))
     assert reason and words in reason
 
 
-def test_eval_with_eps_zero_is_supported():
-    """eps = 0 is refused by torch only in training."""
-    assert TorchModule("cpu").supports(case_from_dict({"shape": [8, 4, 5], "eps": 0.0, "mode": "eval"})) is None
+@pytest.mark.parametrize("spec, condition", [
+    ({"shape": [8, 4, 5], "eps": 0.0}, "eps-zero-in-training"),
+    ({"shape": [1, 6]}, "one-value-per-channel-in-training"),
+    ({"shape": [1, 6, 1], "track_running_stats": False, "mode": "eval"}, "one-value-per-channel-in-training"),
+])
+@pytest.mark.parametrize("cls", TARGETS)
+def test_documented_refusals_are_run_and_recorded_as_refused(cls, spec, condition):
+    """eps = 0 and one value per channel are not predicted: torch runs them, raises, and the error its record
+    documents becomes 'refused' with torch's own message."""
+    from bncheck.refusals import classify, matching_refusal
+
+    case = case_from_dict(spec)
+    target = cls("cpu")
+    if target.supports(case):
+        pytest.skip(target.supports(case))
+    with pytest.raises(ValueError) as raised:
+        target.run(case, make_inputs(case))
+    message = f"ValueError: {raised.value}"
+    refusal = matching_refusal(case, cls.conventions, message)
+    assert refusal is not None and refusal.condition == condition
+    assert classify(case, cls.conventions, "error", message) == ("refused", message)
+    assert classify(case, cls.conventions, "error", "RuntimeError: something else") == ("error", "RuntimeError: something else")
+
+
+def test_eval_with_eps_zero_runs():
+    """eps = 0 is refused by torch only in training: eval with running statistics runs, and is judged."""
+    case = case_from_dict({"shape": [8, 4, 5], "eps": 0.0, "mode": "eval"})
+    assert TorchModule("cpu").supports(case) is None
+    obs = TorchModule("cpu").run(case, make_inputs(case))
+    assert "eval.y" in obs

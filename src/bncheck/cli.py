@@ -131,6 +131,10 @@ def backends(conventions: bool, as_json: bool, plugins: tuple[str, ...]) -> None
                 if k == "sources":
                     for s in v:
                         click.echo(f"{'':<{width}}    source: {s}")
+                elif k == "refusals":
+                    for ref in v:
+                        click.echo(f"{'':<{width}}    refusal: {ref['condition']} -> {ref['exception']}"
+                                   + (f" ({ref['message']!r})" if ref.get("message") else ""))
                 else:
                     click.echo(f"{'':<{width}}    {k}: {', '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}")
 
@@ -168,7 +172,7 @@ def _progress(total: int):  # noqa: ANN202 - returns a callback
 
 
 def _summary_table(doc: dict[str, Any]) -> str:
-    rows = [("target", "ok", "deviating", "error", "crash", "timeout", "unsupp.", "running var (declared/observed)")]
+    rows = [("target", "ok", "deviating", "error", "refused", "crash", "timeout", "unsupp.", "running var (declared/observed)")]
     for t in doc["targets"]:
         if not t["available"]:
             continue
@@ -177,9 +181,11 @@ def _summary_table(doc: dict[str, Any]) -> str:
         conv = t["conventions"].get("running_var", "")
         if o:
             conv += f" / {o['follows']} ({o['matched'].get(o['follows'], 0)} of {o['checked']})" if o["follows"] in o["matched"] else f" / {o['follows']}"
-        rows.append((t["name"], *(str(c.get(k, 0)) for k in ("ok", "deviating", "error", "crash", "timeout", "unsupported")), conv))
+        rows.append((t["name"], *(str(c.get(k, 0)) for k in ("ok", "deviating", "error", "refused", "crash", "timeout",
+                                                              "unsupported")), conv))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(v.ljust(w) if i in (0, 7) else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows)
+    last = len(rows[0]) - 1
+    return "\n".join("  ".join(v.ljust(w) if i in (0, last) else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows)
 
 
 def _report(result: Any) -> None:
@@ -191,16 +197,25 @@ def _report(result: Any) -> None:
     s = doc["summary"]
     bad = s["by_status"]["error"] + s["by_status"]["crash"] + s["by_status"]["timeout"]
     click.echo(f"\n{s['executions']} executions: {s['deviating_executions']} deviate from the reference, "
-               f"{bad} errors/crashes/timeouts, {s['by_status']['unsupported']} unsupported.")
+               f"{bad} errors/crashes/timeouts, {s['by_status'].get('refused', 0)} refused (documented), "
+               f"{s['by_status']['unsupported']} unsupported.")
+    pj = s.get("peers") or {}
+    if pj:
+        click.echo(f"peer comparison: {pj['judged']} quantities judged against {pj['rule']['min_peers']}+ peers, "
+                   f"{pj['not_judged_fewer_peers']} not judged (fewer peers), {pj['outliers']} precision outliers; "
+                   f"out-of-range: {pj['out_of_range_kept']} kept, {pj['out_of_range_revised']} revised by a same-format peer.")
     fc = s["findings"]
     if doc["findings"]:
         causes = doc["root_causes"]
-        click.echo(f"{len(doc['findings'])} findings: " + ", ".join(f"{n} {c}" for c, n in fc.items())
-                   + f"; {len(causes)} causes (target x hypothesis):")
+        by_class = ", ".join(f"{n} {c}" for c, n in fc.items() if n)
+        by_sev = ", ".join(f"{n} {v}" for v, n in s.get("findings_by_severity", {}).items() if n)
+        click.echo(f"{len(doc['findings'])} findings: {by_class} ({by_sev}); {len(causes)} causes (target x hypothesis):")
         for g in causes[:MAX_CAUSES_PRINTED]:
             regimes = ", ".join(g["regimes"][:3]) + (f" +{len(g['regimes']) - 3} more" if len(g["regimes"]) > 3 else "")
-            click.echo(f"  {g['classification']:<13} {g['target']:<26} {g['hypothesis']:<42} {','.join(g['quantities'])} "
-                       f"in {regimes} ({_plural(g['count'], 'execution')}, {_plural(len(g['findings']), 'finding')})")
+            nan = "NaN/Inf, " if g.get("nonfinite") else ""
+            click.echo(f"  {g['classification']:<17} {g.get('severity', 'minor'):<8} {g['target']:<26} {g['hypothesis']:<42} "
+                       f"{','.join(g['quantities'])} in {regimes} ({nan}{_plural(g['count'], 'execution')}, "
+                       f"{_plural(len(g['findings']), 'finding')})")
         if len(causes) > MAX_CAUSES_PRINTED:
             click.echo(f"  ... {len(causes) - MAX_CAUSES_PRINTED} more in results.json and index.html")
     if result.status != "complete":
@@ -511,10 +526,16 @@ def baseline_cmd(run_dir: str, out_file: str, reason: str | None, expires: str |
 
 fail_on_option = click.option("--fail-on", "fail_on", default=None, metavar="CLASSES",
                               help="Comma-separated classes that can fail the gate (default: all of suspected-bug, "
-                                   "precision, convention, error, crash, timeout).")
+                                   "precision, precision-outlier, out-of-range, convention, error, crash, timeout). A "
+                                   "critical finding (NaN/Inf, negative variance, collapsed output) fails whatever the "
+                                   "classes, unless --allow-critical.")
+allow_critical_option = click.option("--allow-critical", "allow_critical", is_flag=True,
+                                     help="Let --fail-on decide for critical findings too (by default they always can "
+                                          "fail the gate).")
 
 
-def _decision(doc: dict[str, Any], run_dir: str, baseline_file: str, worse_factor: float, fail_on: str | None) -> Any:
+def _decision(doc: dict[str, Any], run_dir: str, baseline_file: str, worse_factor: float, fail_on: str | None,
+              allow_critical: bool = False) -> Any:
     """The gate's decision on a results document against a baseline file (usage errors exit 2)."""
     from datetime import date
 
@@ -529,7 +550,8 @@ def _decision(doc: dict[str, Any], run_dir: str, baseline_file: str, worse_facto
     except json.JSONDecodeError as e:
         raise Failure(f"baseline {baseline_file}: not valid JSON ({e.msg}, line {e.lineno})", EXIT_USAGE) from None
     try:
-        policy = Policy(worse_factor=worse_factor, **({"fail_on": parse_classes(fail_on)} if fail_on is not None else {}))
+        policy = Policy(worse_factor=worse_factor, fail_on_critical=not allow_critical,
+                        **({"fail_on": parse_classes(fail_on)} if fail_on is not None else {}))
         return decide(doc, base, policy, date.today())
     except GateInputError as e:
         raise Failure(f"{baseline_file if str(e).startswith('baseline') else run_dir}: {e}", EXIT_USAGE) from None
@@ -541,10 +563,11 @@ def _decision(doc: dict[str, Any], run_dir: str, baseline_file: str, worse_facto
               help="Baseline JSON (written by 'bncheck baseline').")
 @factor_option
 @fail_on_option
-def gate_cmd(run_dir: str, baseline_file: str, worse_factor: float, fail_on: str | None) -> None:
+@allow_critical_option
+def gate_cmd(run_dir: str, baseline_file: str, worse_factor: float, fail_on: str | None, allow_critical: bool) -> None:
     """Fail (exit 1) when RUN_DIR has findings that are new, worse than accepted, or whose acceptance expired."""
     doc, _ = _read_results(run_dir)
-    decision = _decision(doc, run_dir, baseline_file, worse_factor, fail_on)
+    decision = _decision(doc, run_dir, baseline_file, worse_factor, fail_on, allow_critical)
     for line in decision.lines():
         click.echo(line)
     sys.exit(EXIT_OK if decision.passed else EXIT_FINDINGS)
@@ -577,13 +600,14 @@ def diff_cmd(run_a: str, run_b: str, factor: float) -> None:
               help="Judge as 'bncheck gate' does: only what fails the gate is a failure (accepted deviations pass).")
 @factor_option
 @fail_on_option
+@allow_critical_option
 def junit_cmd(run_dir: str, out_file: str | None, baseline_file: str | None, worse_factor: float,
-              fail_on: str | None) -> None:
+              fail_on: str | None, allow_critical: bool) -> None:
     """Write JUnit XML (one test case per case and target) from the results in RUN_DIR."""
     from .report.junit import write_junit
 
     doc, path = _read_results(run_dir)
-    decision = _decision(doc, run_dir, baseline_file, worse_factor, fail_on) if baseline_file else None
+    decision = _decision(doc, run_dir, baseline_file, worse_factor, fail_on, allow_critical) if baseline_file else None
     target = Path(out_file) if out_file else path.with_name("results.xml")
     try:
         write_junit(doc, target, path.parent, decision)

@@ -36,6 +36,9 @@ class Verdict:
     channel_ratios: list[float] = field(default_factory=list)  # worst error / bound per channel (inf: NaN/Inf mismatch)
     observed: list[float] = field(default_factory=list)  # per-channel quantities: the target's values (C <= 64)
     expected: list[float] = field(default_factory=list)  # ... and the reference's
+    scale_ulp: float = 0.0  # ULP of the output dtype at the quantity's largest |reference| (peer-relative accuracy)
+    scale: float = 0.0  # the quantity's largest finite |reference|
+    bound_max: float = 0.0  # its largest finite bound (bound_max >= scale: the bound guarantees no digit)
 
     @property
     def quantity(self) -> str:
@@ -59,7 +62,8 @@ class Verdict:
         return d
 
 
-_FIELDS = ("key", "passed", "ratio", "max_abs", "max_rel", "max_ulp", "nonfinite_mismatch", "note")
+_FIELDS = ("key", "passed", "ratio", "max_abs", "max_rel", "max_ulp", "nonfinite_mismatch", "note", "scale_ulp", "scale",
+           "bound_max")
 
 
 def _json_float(x: float) -> float | str:
@@ -95,6 +99,18 @@ def elementwise_errors(observed: np.ndarray, expected: np.ndarray, dtype: str) -
         both = fin_o & fin_r
         err = np.where(both, np.abs(observed - ref), 0.0)
         return ElementErrors(err, mismatch, both, np.where(both, ref, 1.0))
+
+
+def _finite_max(a: np.ndarray) -> float:
+    """The largest finite |value| of `a` (0 when there is none)."""
+    with np.errstate(all="ignore"):
+        a = np.abs(np.asarray(a, dtype=np.float64))
+        return float(a[np.isfinite(a)].max(initial=0.0)) if a.size else 0.0
+
+
+def scale_ulp(expected: np.ndarray, dtype: str) -> float:
+    """ULP of `dtype` at the largest finite |value| of `expected`: the size of one rounding of the quantity."""
+    return float(ulp(np.array(_finite_max(expected)), dtype))
 
 
 def _per_channel(case: Case, quantity: str, ratio: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -139,7 +155,8 @@ def judge(case: Case, key: str, observed: np.ndarray, expected: np.ndarray, boun
         key=key, passed=not channels, ratio=float(per_channel.max(initial=0.0)), max_abs=float(err.max(initial=0.0)),
         max_rel=max_rel, max_ulp=max_ulp, nonfinite_mismatch=nonfinite, channels=channels[:MAX_CHANNELS_LISTED],
         note=note, channel_ratios=per_channel[:MAX_CHANNEL_VALUES].tolist(), observed=observed_values,
-        expected=expected_values,
+        expected=expected_values, scale_ulp=scale_ulp(expected, dt), scale=_finite_max(expected),
+        bound_max=_finite_max(bound),
     )
 
 
@@ -154,6 +171,9 @@ class _Segment(NamedTuple):
     expected_list: list[float]  # per-channel quantities with C <= MAX_CHANNEL_VALUES: the reference's values
     dependent: bool  # the running-variance convention changes the reference: judged under each
     others: tuple[tuple[str, np.ndarray, np.ndarray], ...]  # (convention, flat reference, flat bound) of the others
+    scale_ulp: float  # ULP of the output dtype at the largest |reference| (Verdict.scale_ulp)
+    scale: float  # the largest |reference| (Verdict.scale)
+    bound_max: float  # the largest bound (Verdict.bound_max)
 
 
 @dataclass
@@ -200,7 +220,8 @@ def _plan(case: Case, references: dict[str, Reference], bounds: dict[str, dict[s
                        for c in convs)
         small = quantity not in ("y", "dx") and case.channels <= MAX_CHANNEL_VALUES
         metas.append(_Segment(key, quantity, offset, offset + flat.size, expected.shape,
-                              flat.tolist() if small else [], key in dependent, others))
+                              flat.tolist() if small else [], key in dependent, others,
+                              scale_ulp(flat, output_dtype(case, quantity)), _finite_max(flat), _finite_max(bnds[-1])))
         offset += flat.size
         if quantity in ("y", "dx"):
             split = offset
@@ -314,7 +335,8 @@ def _judge_bulk(case: Case, observation: Observation, keys: list[str], plan: _Pl
                 max_rel=max_rel[i], max_ulp=max_ulp[i], nonfinite_mismatch=0, channels=channels[:MAX_CHANNELS_LISTED],
                 note=f"{len(channels)} of {case.channels} channels deviate" if channels else "",
                 channel_ratios=per_channel[:MAX_CHANNEL_VALUES].tolist(),
-                observed=obs[a:b].tolist() if small else [], expected=list(s.expected_list),
+                observed=obs[a:b].tolist() if small else [], expected=list(s.expected_list), scale_ulp=s.scale_ulp,
+                scale=s.scale, bound_max=s.bound_max,
             )
             if s.dependent:
                 v.convention = plan.declared

@@ -19,31 +19,50 @@ Among the hypotheses that explain, the winner is chosen by these rules, in order
 2. an alternative formula (an exact, different computation) before a precision model (the same computation
    done less precisely): a formula predicts values, a precision model only widens bounds;
 3. among formulas, the smallest residual (the closest match);
-4. among precision models, the *tightest* bound: the smallest geometric-mean inflation of its bound over the
+4. among precision models, one the conventions record declares (`documented`: the target says it computes so)
+   before one it does not; then the *tightest* bound: the smallest geometric-mean inflation of its bound over the
    correct kernel's bound, on the deviating quantities' elements that every explaining precision model
    constrains (averaged per quantity), then the fewest unconstrained elements. A looser model (float16
    sums, or two weaknesses combined) explains everything a tighter one does and more, so it says less; it
    wins only when no tighter model explains the observation.
+
+Format range (formats.py): elements that an intermediate out of its declared format's range makes
+unpredictable (a variance beyond float32's maximum, var + eps rounding to zero, invstd^3 of an autodiff
+backward overflowing) are left out of every hypothesis. When they hold every deviation, the explanation is
+that range issue itself (kind `range`, class `out-of-range`; `invstd-cubed-overflow`, which only some
+algorithms form, is a precision model), and it comes before every other (rule 0): the case lies outside the
+format. The issues found are recorded in the diagnosis (`out_of_range`).
+
+Classification reads the typed conventions record only: `convention` when the record declares exactly the
+fitted behaviour (float32 eps and momentum, a clamped Bessel factor), `suspected-bug` for any other formula
+or for nothing that fits, `precision` for a weaker algorithm (with `documented` saying whether the record
+declares it), `out-of-range` for a range explanation. A hypothesis that raises is reported (in the
+diagnosis's `hypothesis_errors` and on stderr), never taken for "explains nothing" silently.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
+from . import formats, severity
 from .cases import Case
 from .compare import ElementErrors, Verdict, elementwise_errors
+from .dtypes import min_normal
 from .inputs import Inputs
-from .reference import Reference, _physical, _rows, compute_reference, phase_of, quantity_of
-from .targets.base import Conventions, Observation, flatten_channels
+from .reference import Reference, _physical, _rows, compute_reference, inverse_std, phase_of, quantity_of
+from .targets.base import (Accumulation, BesselRule, Conventions, Elementwise, EpsPlacement, Observation,
+                           ParameterPrecision, RunningVar, StatisticsDtype, Subnormals, Summation, VarianceAlgorithm,
+                           flatten_channels)
 from .tolerance import compute_bounds, output_dtype
 
 CHAIN = ("batch_mean", "batch_var", "batch_var_unbiased", "batch_invstd", "y", "running_mean", "running_var",
          "dx", "dgamma", "dbeta")
-CLASSES = ("convention", "precision", "suspected-bug")
+CLASSES = ("convention", "precision", "out-of-range", "suspected-bug")
 
 
 @dataclass
@@ -59,10 +78,15 @@ class Diagnosis:
     conditioning: dict[str, Any]
     hypothesis: str  # a HYPOTHESES name, or 'unexplained'
     residual: float | None  # worst error / bound over the deviating quantities it models, under the hypothesis
-    classification: str  # convention | precision | suspected-bug
+    classification: str  # convention | precision | out-of-range | suspected-bug (peers.py may revise out-of-range)
     explanation: str
     alternatives: list[tuple[str, float]] = field(default_factory=list)  # other hypotheses and their residuals
     signature: str = ""
+    documented: bool = False  # the conventions record declares exactly the fitted behaviour
+    severity: str = "minor"  # critical | major | minor (severity.py)
+    severity_reasons: list[dict[str, Any]] = field(default_factory=list)
+    out_of_range: list[dict[str, Any]] = field(default_factory=list)  # formats.RangeIssue.to_dict() of the deviations
+    hypothesis_errors: list[dict[str, str]] = field(default_factory=list)  # hypotheses that raised: name, error
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -84,7 +108,7 @@ class Hypothesis:
     """An alternative formula (values) or a weaker algorithm (bounds) that may explain a deviation."""
 
     name: str
-    kind: str  # 'formula' (a different computation) or 'precision' (the same computation, less precisely)
+    kind: str  # 'formula' (a different computation), 'precision' (the same, less precisely), 'range' (outside the format)
     explanation: str
 
 
@@ -109,6 +133,35 @@ HYPOTHESES = {h.name: h for h in (
     Hypothesis("one-pass-variance+input-dtype-accumulation", "precision",
                "sums and intermediates are kept in the (half-precision) input dtype and the variance is computed in "
                "one pass, E[x^2] - E[x]^2"),
+    Hypothesis("eps-inside-sqrt", "formula", "eps is added inside the square root, (x - mean) / sqrt(var + eps), "
+               "where the record declares it outside"),
+    Hypothesis("sequential-accumulation", "precision",
+               "the channel sums are accumulated element after element (or in long blocks) in the accumulation "
+               "format: the error grows like n u, beyond the sqrt(n) u of independent roundings"),
+    Hypothesis("subnormals-flushed", "precision",
+               "subnormal inputs are read as zero and subnormal results flushed to zero (FTZ/DAZ)"),
+    Hypothesis("half-precision-statistics", "precision",
+               "the batch statistics are rounded to the half-precision input dtype before the output uses them "
+               "(and overflow or underflow where they do not fit it)"),
+    Hypothesis("elementwise-input-dtype", "precision",
+               "the statistics are computed in float32 but the element-wise normalisation (x - mean) * invstd * "
+               "gamma + beta, and the backward's element-wise terms, in the half-precision input dtype"),
+    Hypothesis("constant-channel-cancellation", "precision",
+               "the variance is computed in one pass and clamped at 0: on a constant channel it is the cancellation "
+               "residue of E[x^2] - E[x]^2 instead of 0, which moves invstd (and dx) by up to residue / (2 eps)"),
+    Hypothesis("invstd-cubed-overflow", "precision",
+               "the backward forms invstd^3 = (var + eps)^-1.5 (autodiff of rsqrt), which overflows the "
+               "accumulation format; a closed-form backward does not form it"),
+    Hypothesis("sum-overflow", "range", "the exact sum of the channel's values exceeds the largest value of the "
+               "declared format: every implementation that sums in it overflows"),
+    Hypothesis("sum-of-squares-overflow", "range", "the exact sum of squared deviations (n * variance) exceeds the "
+               "largest value of the declared format: every two-pass or Welford kernel in it overflows"),
+    Hypothesis("variance-overflow", "range", "the exact variance exceeds the largest value of the declared format: "
+               "every implementation in it overflows"),
+    Hypothesis("variance-underflow", "range", "var + eps rounds to zero in the declared format: every "
+               "implementation in it divides by zero"),
+    Hypothesis("invstd-overflow", "range", "the exact inverse standard deviation is infinite (var + eps = 0) or "
+               "beyond the declared format: the normalisation is undefined there"),
 )}
 
 
@@ -128,14 +181,17 @@ def _variant_y(case: Case, inputs: Inputs, ref: Reference, how: str) -> dict[str
             if how == "eps-outside-sqrt":
                 scale = 1.0 / (np.sqrt(st.var) + case.eps)
                 out[f"{phase}.batch_invstd"] = scale
+            elif how == "eps-inside-sqrt":
+                scale = 1.0 / np.sqrt(st.var + case.eps)
+                out[f"{phase}.batch_invstd"] = scale
             elif how == "unbiased-normalisation":
-                scale = 1.0 / np.sqrt(var_u + case.eps)
+                scale = inverse_std(var_u, case.eps, ref.eps_placement)
                 out[f"{phase}.batch_invstd"] = scale
             elif how in ("train-uses-running-stats", "blended-stats") and st.running_mean_in is not None:
                 rm, rv = st.running_mean_in, st.running_var_in
                 if how == "blended-stats":
                     rm, rv = (1 - m) * rm + m * st.mean, (1 - m) * rv + m * var_u
-                centre, scale = rm, 1.0 / np.sqrt(rv + case.eps)
+                centre, scale = rm, inverse_std(rv, case.eps, ref.eps_placement)
             if scale is None:
                 continue
             out[f"{phase}.y"] = _physical(case, st.gamma * (X - centre) * scale + st.beta)
@@ -168,6 +224,7 @@ class _Candidate:
     thunk: Thunk
     touches: Callable[[str], bool] | None = None
     keys: frozenset[str] | None = None  # the only keys its values hold, when it models a few (None: every key)
+    issues: tuple[formats.RangeIssue, ...] = ()  # range issues of its own arithmetic: their elements are left out
 
 
 def _running_only(case: Case) -> Callable[[str], bool]:
@@ -175,6 +232,10 @@ def _running_only(case: Case) -> Callable[[str], bool]:
     return lambda key: quantity_of(key) in ("running_mean", "running_var") or phase_of(key) == "eval"
 
 
+# sequential-accumulation is offered from this many elements per channel: there its n u bound is at least ten
+# times the probabilistic 6 sqrt(n) u (sqrt(4096) / 6 = 10.7); below, it only loosens the bound a little and
+# would be named for any deviation slightly beyond it, whatever the mechanism
+SEQUENTIAL_MIN_ELEMENTS = 4096
 MEMO_BYTES = 16 << 20  # a case's hypotheses kept for its other targets, at most (a case in flight holds them)
 
 
@@ -214,7 +275,8 @@ def _candidates(case: Case, inputs: Inputs, refs: dict[str, Reference], conventi
     """Every hypothesis that applies to the case, in catalogue order; `bounds_of(convention)` gives the
     correct kernel's bounds of refs[convention]. `memo` keeps each hypothesis's values and bounds, which
     depend on the case and the declared running-variance convention only, for the case's other targets."""
-    declared = conventions.running_var
+    declared = str(conventions.running_var)
+    placement = str(conventions.eps_placement)
     ref = refs[declared]
     out: list[_Candidate] = []
     base_bounds = lambda: bounds_of(declared)  # noqa: E731
@@ -224,17 +286,17 @@ def _candidates(case: Case, inputs: Inputs, refs: dict[str, Reference], conventi
             r = refs.get(rv) if c is case else None
             if r is not None and r.running_var == rv:
                 return r.values, bounds_of(rv)
-            r = compute_reference(c, inputs, rv)
+            r = compute_reference(c, inputs, rv, placement)
             return r.values, compute_bounds(c, inputs, r)
-        return thunk if c is case else _memoised(memo, ("reference", c.case_id, rv), thunk)
+        return thunk if c is case else _memoised(memo, ("reference", c.case_id, rv, placement), thunk)
 
     def precision(**kw: Any) -> Thunk:
-        return _memoised(memo, ("precision", declared, *sorted(kw.items())),
+        return _memoised(memo, ("precision", declared, placement, *sorted(kw.items())),
                          lambda: (ref.values, compute_bounds(case, inputs, ref, **kw)))
 
     def variant(how: str) -> _Candidate:
         keys = frozenset(_variant_keys(case, ref, how))
-        return _Candidate(how, _memoised(memo, ("variant", declared, how),
+        return _Candidate(how, _memoised(memo, ("variant", declared, placement, how),
                                          lambda: (_variant_y(case, inputs, ref, how), base_bounds())), keys=keys)
 
     other = "biased" if declared == "unbiased" else "unbiased"
@@ -253,7 +315,7 @@ def _candidates(case: Case, inputs: Inputs, refs: dict[str, Reference], conventi
             out.append(_Candidate("momentum-flipped", with_case(case.replace(momentum=1.0 - case.momentum)), running))
     if case.eps > 0:
         out.append(_Candidate("eps-ignored", with_case(case.replace(eps=0.0))))
-        out.append(variant("eps-outside-sqrt"))
+        out.append(variant("eps-inside-sqrt" if placement == EpsPlacement.OUTSIDE else "eps-outside-sqrt"))
         if float(np.float32(case.eps)) != case.eps or (case.track_running_stats and training):
             out.append(_Candidate("params-float32", with_case(_float32_params(case, conventions))))
     if training:
@@ -263,9 +325,9 @@ def _candidates(case: Case, inputs: Inputs, refs: dict[str, Reference], conventi
     if "eval" in case.phases and case.track_running_stats:
         def eval_batch() -> tuple[Values, Values]:
             c = case.replace(track_running_stats=False)
-            r = compute_reference(c, inputs, declared)
+            r = compute_reference(c, inputs, declared, placement)
             return {"eval.y": r.values["eval.y"], **({"eval.dx": r.values["eval.dx"]} if "eval.dx" in r.values else {})}, compute_bounds(c, inputs, r)
-        out.append(_Candidate("eval-uses-batch-stats", _memoised(memo, ("eval-uses-batch-stats", declared), eval_batch),
+        out.append(_Candidate("eval-uses-batch-stats", _memoised(memo, ("eval-uses-batch-stats", declared, placement), eval_batch),
                               keys=frozenset({"eval.y", "eval.dx"} if case.grad else {"eval.y"})))
     out.append(_Candidate("one-pass-variance", precision(variance="one-pass")))
     if case.dtype == "float64":
@@ -276,7 +338,34 @@ def _candidates(case: Case, inputs: Inputs, refs: dict[str, Reference], conventi
         out.append(_Candidate("input-dtype-accumulation", precision(accumulation=case.dtype)))
         out.append(_Candidate("one-pass-variance+input-dtype-accumulation",
                               precision(accumulation=case.dtype, variance="one-pass")))
+        half_issues = tuple(formats.range_issues(case, ref, fmt=case.dtype,
+                                                 intermediates=("variance", "variance-plus-eps", "invstd")))
+        # the statistics feed the forward pass: a deviation that starts in the backward is not theirs
+        out.append(_Candidate("half-precision-statistics", precision(statistics=case.dtype), issues=half_issues,
+                              keys=frozenset(k for k in ref.values if quantity_of(k) not in ("dx", "dgamma", "dbeta"))))
+        out.append(_Candidate("elementwise-input-dtype", precision(elementwise=case.dtype)))
+    if case.per_channel >= SEQUENTIAL_MIN_ELEMENTS:
+        out.append(_Candidate("sequential-accumulation", precision(summation="sequential")))
+    if case.eps > 0 and any(ref.stats[p].batch_stats and (ref.stats[p].var == 0).any() for p in case.phases):
+        out.append(_Candidate("constant-channel-cancellation", precision(variance="one-pass-clamped")))
+    tiny = min_normal(formats.accumulation_format(case, conventions))
+    if any(((a != 0) & (np.abs(a) < tiny)).any() for a in inputs.values() if np.size(a)):
+        out.append(_Candidate("subnormals-flushed", _memoised(memo, ("subnormals-flushed", declared, placement, tiny),
+                                                             _flushed(case, inputs, declared, placement, tiny))))
     return out
+
+
+def _flushed(case: Case, inputs: Inputs, running_var: str, placement: str, tiny: float) -> Thunk:
+    """Values and bounds of a kernel that reads inputs below `tiny` (the smallest normal of its format) as zero
+    (DAZ) and may flush results below the smallest normal of their output format to zero (FTZ)."""
+    def thunk() -> tuple[Values, Values]:
+        with np.errstate(all="ignore"):
+            flushed = {k: np.where(np.abs(np.asarray(a, np.float64)) < tiny, 0.0, np.asarray(a, np.float64)).astype(
+                np.asarray(a).dtype) for k, a in inputs.items()}
+        r = compute_reference(case, flushed, running_var, placement)
+        b = compute_bounds(case, flushed, r)
+        return r.values, {k: np.maximum(v, min_normal(output_dtype(case, quantity_of(k)))) for k, v in b.items()}
+    return thunk
 
 
 def _variant_keys(case: Case, ref: Reference, how: str) -> list[str]:
@@ -286,7 +375,7 @@ def _variant_keys(case: Case, ref: Reference, how: str) -> list[str]:
         st = ref.stats[phase]
         if not st.batch_stats:
             continue
-        if how in ("eps-outside-sqrt", "unbiased-normalisation"):
+        if how in ("eps-outside-sqrt", "eps-inside-sqrt", "unbiased-normalisation"):
             keys += [f"{phase}.batch_invstd", f"{phase}.y"]
         elif st.running_mean_in is not None:
             keys.append(f"{phase}.y")
@@ -368,6 +457,7 @@ class _Fit:
     modelled: int  # deviating quantities it models
     unconstrained: float = 0.0  # fraction of the modelled elements where its bound is +inf
     inflation: float = 0.0  # mean log(bound / declared bound), over the elements every rival constrains (tightness)
+    documented: bool = False  # the target's record declares the behaviour (precision models: ranked first)
     log_ratios: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # per key: log(bound / declared bound)
 
 
@@ -389,6 +479,15 @@ class _Errors:
         got = self._cache[slot]
         return None if got is None else got[1]
 
+    def exceeding(self, key: str, expected: np.ndarray, bound: np.ndarray) -> np.ndarray | None:
+        """Elements beyond `bound` or of another NaN/Inf pattern (None for a shape mismatch)."""
+        e = self._get(key, expected)
+        if e is None:
+            return None
+        with np.errstate(all="ignore"):
+            out = e.err > bound
+            return out if e.mismatch is None else out | e.mismatch
+
     def ratio(self, key: str, expected: np.ndarray, bound: np.ndarray, free: np.ndarray | None = None) -> float:
         """max |error| / bound over the elements not `free` (inf for a shape or NaN/Inf-pattern mismatch)."""
         e = self._get(key, expected)
@@ -401,8 +500,10 @@ class _Errors:
         return float(np.asarray(r).max(initial=0.0))
 
 
-def _fit(case: Case, errors: _Errors, keys: list[str], values: Values, bounds: Values, base: Values, name: str) -> _Fit:
-    """Residual, coverage and tightness of one hypothesis over the deviating keys."""
+def _fit(case: Case, errors: _Errors, keys: list[str], values: Values, bounds: Values, base: Values, name: str,
+         masks: dict[str, np.ndarray] | None = None) -> _Fit:
+    """Residual, coverage and tightness of one hypothesis over the deviating keys; `masks` (key -> elements out of
+    the format's range) are left out of the residual and count neither as constrained nor as unconstrained."""
     worst, modelled, constrained, free_n, total_n = 0.0, 0, False, 0, 0
     logs: dict[str, np.ndarray] = {}
     for k in keys:
@@ -413,19 +514,56 @@ def _fit(case: Case, errors: _Errors, keys: list[str], values: Values, bounds: V
         b = np.broadcast_to(bounds[k], val.shape)
         # an infinite bound where the hypothesis predicts a finite value: it predicts nothing there (unconstrained)
         free = ~np.isfinite(b) & np.isfinite(val)
+        m = (masks or {}).get(k)
+        if m is not None:
+            free = free & ~m
         n_free = int(free.sum())
+        out = free if m is None else free | m
+        n_out = int(out.sum())
         free_n += n_free
-        total_n += free.size
-        if n_free == free.size:
+        total_n += free.size - (0 if m is None else int(m.sum()))
+        if n_out == out.size:
             continue
         constrained = constrained or not n_free
-        worst = max(worst, errors.ratio(k, val, b, free if n_free else None))  # free elements: left out
+        worst = max(worst, errors.ratio(k, val, b, out if n_out else None))  # free and masked elements: left out
         if k in base and HYPOTHESES[name].kind == "precision":
             with np.errstate(all="ignore"):
-                logs[k] = np.log(b / np.broadcast_to(base[k], val.shape)).reshape(-1)
+                lr = np.log(b / np.broadcast_to(base[k], val.shape)).reshape(-1)
+                logs[k] = lr if m is None else np.where(m.reshape(-1), np.inf, lr)
     if modelled and not constrained:
         worst = np.inf  # constrains none of the deviating quantities: explains nothing
     return _Fit(name, worst, modelled, free_n / total_n if total_n else 0.0, log_ratios=logs)
+
+
+def _range_fit(case: Case, errors: _Errors, keys: list[str], ref: Reference, base: Values,
+               issues: list[formats.RangeIssue]) -> tuple[_Fit, list[formats.RangeIssue]] | None:
+    """The explanation by range alone: every element beyond the correct kernel's bound lies where `issues` make its
+    quantity unpredictable. Uses the inevitable issues alone when they suffice (class out-of-range), else every
+    issue; named after the strongest issue needed. None when the issues do not hold every deviation."""
+    if not issues:
+        return None
+    exceed = {k: errors.exceeding(k, ref.values[k], np.broadcast_to(base[k], ref.values[k].shape)) for k in keys}
+
+    def covers(chosen: list[formats.RangeIssue]) -> bool:
+        for k, e in exceed.items():
+            if e is None:
+                return False
+            m = formats.mask(case, chosen, k, e.shape)
+            if (e & ~m).any() if m is not None else e.any():
+                return False
+        return True
+
+    inevitable = [i for i in issues if i.inevitable]
+    chosen = inevitable if inevitable and covers(inevitable) else (issues if covers(issues) else None)
+    if chosen is None:
+        return None
+    needed = [i for i in chosen if any(e is not None and (m := formats.mask(case, [i], k, e.shape)) is not None
+                                       and (e & m).any() for k, e in exceed.items())]
+    if not needed:
+        return None
+    worst = max(errors.ratio(k, ref.values[k], np.broadcast_to(base[k], ref.values[k].shape),
+                             formats.mask(case, needed, k, ref.values[k].shape)) for k in keys)
+    return _Fit(formats.strongest(needed).hypothesis, worst, len(keys)), needed
 
 
 def _tightness(fits: list[_Fit]) -> None:
@@ -472,62 +610,122 @@ def diagnose(case: Case, inputs: Inputs, obs: Observation, refs: dict[str, Refer
     keys = [v.key for v in bad]
     untouched = max(v.ratio for v in bad)
     errors = _Errors(case, obs)
+    issues = formats.range_issues(case, ref, conventions)  # out of the declared formats' range
+    shapes = {k: np.shape(ref.values[k]) for k in keys}
+    global_masks = {k: m for k in keys if (m := formats.mask(case, issues, k, shapes[k])) is not None}
     results: list[_Fit] = []
+    failures: list[dict[str, str]] = []
+    own_issues: dict[str, tuple[formats.RangeIssue, ...]] = {}
     for cand in _candidates(case, inputs, refs, conventions, bounds_of, memo):
         if cand.keys is not None and first.key not in cand.keys:
             continue  # it does not model the first deviating quantity
-        if cand.touches is not None and not any(cand.touches(k) for k in keys):
+        if cand.touches is not None and not any(cand.touches(k) for k in keys) and not global_masks:
             # every deviating quantity keeps the declared value and bound: the verdicts' own ratios
             results.append(_Fit(cand.name, untouched, len(keys)))
             continue
         try:
             values, alt_bounds = cand.thunk()
-        except Exception:  # a hypothesis that cannot be evaluated on this case explains nothing
+        except Exception as e:  # a broken hypothesis is reported, not taken for one that explains nothing
+            failures.append({"hypothesis": cand.name, "error": f"{type(e).__name__}: {e}"})
+            print(f"bncheck: warning: hypothesis {cand.name} raised on case {case.case_id} ({family}): "
+                  f"{type(e).__name__}: {e}", file=sys.stderr)
             continue
         if first.key not in values:
             continue
-        results.append(_fit(case, errors, keys, values, alt_bounds, base_bounds(), cand.name))
+        masks = global_masks
+        if cand.issues:
+            own_issues[cand.name] = cand.issues
+            both = list(issues) + list(cand.issues)
+            masks = {k: m for k in keys if (m := formats.mask(case, both, k, shapes[k])) is not None}
+        results.append(_fit(case, errors, keys, values, alt_bounds, base_bounds(), cand.name, masks))
+    ranged = _range_fit(case, errors, keys, ref, base_bounds(), issues)
     explaining = [r for r in results if r.residual <= 1.0]
+    if ranged is not None:
+        explaining.insert(0, ranged[0])
+    for r in explaining:
+        r.documented = documented(r.name, conventions, case)
     _tightness([r for r in explaining if HYPOTHESES[r.name].kind == "precision"])
     explaining.sort(key=_rank)
     others = sorted((r for r in results if r not in explaining[:1]), key=lambda r: r.residual)[:3]
     channels = sorted({c for v in bad for c in v.channels})
     step = int(first.phase[5:]) if first.phase.startswith("train") else None
     info = _conditioning(case, inputs, ref, first, obs[first.key], base_bounds()[first.key])
+    declared_behaviour = False
     if explaining:
         name, residual = explaining[0].name, explaining[0].residual
         hyp = HYPOTHESES[name]
-        cls = _classify(hyp, conventions)
+        cls, declared_behaviour = classify(name, conventions, case)
         explanation = hyp.explanation
     else:
         name, residual, cls = "unexplained", None, "suspected-bug"
         explanation = "no hypothesis brings the deviating quantities back within their bounds"
+    relevant = list(ranged[1]) if ranged is not None and explaining and explaining[0] is ranged[0] else list(dict.fromkeys(
+        i for i in [*issues, *own_issues.get(name, ())] if any(i.affects(case, k) for k in keys)))
+    level, reasons = severity.assess(case, inputs, obs, ref, verdicts)
     diag = Diagnosis(first=first.key, quantity=first.quantity, mode="eval" if first.phase == "eval" else "train",
                      step=step, deviating=keys, channels=channels, conditioning=info, hypothesis=name,
                      residual=residual, classification=cls, explanation=explanation,
-                     alternatives=[(r.name, r.residual) for r in others])
+                     alternatives=[(r.name, r.residual) for r in others], documented=declared_behaviour,
+                     severity=level, severity_reasons=reasons, out_of_range=[i.to_dict() for i in relevant],
+                     hypothesis_errors=failures)
     diag.signature = signature(family, diag.quantity, name, case.regime_name)
     return diag
 
 
 def _rank(r: _Fit) -> tuple[Any, ...]:
-    """Sort key of an explaining hypothesis (the module docstring's rules 1-4)."""
-    if HYPOTHESES[r.name].kind == "precision":
-        return (-r.modelled, 1, r.inflation, r.unconstrained, r.residual)
-    return (-r.modelled, 0, r.residual, 0.0, 0.0)
+    """Sort key of an explaining hypothesis (the module docstring's rules 0-4)."""
+    kind = HYPOTHESES[r.name].kind
+    if kind == "range":
+        return (-1, -r.modelled, 0, False, r.residual, 0.0, 0.0)
+    if kind == "precision":
+        return (0, -r.modelled, 1, not r.documented, r.inflation, r.unconstrained, r.residual)
+    return (0, -r.modelled, 0, False, r.residual, 0.0, 0.0)
 
 
-def _classify(hyp: Hypothesis, conventions: Conventions) -> str:
-    """convention when the target's record documents the behaviour, precision for weaker arithmetic, else suspected-bug."""
-    documented = {
-        "params-float32": "float32" in conventions.parameter_precision,
-        "one-pass-variance": "one-pass" in conventions.variance_algorithm,
-        "bessel-clamped": "max(n - 1, 1)" in conventions.notes or "max(n-1, 1)" in conventions.notes,
-        "float32-computation": "float64 included" in conventions.accumulation or "float64 computed in float32" in conventions.notes,
+def _computation_dtype(case: Case, conventions: Conventions) -> str:
+    """The dtype eps and momentum are constants of, for a record whose parameter precision is the input dtype."""
+    return formats.accumulation_format(case, conventions)
+
+
+def documented(name: str, conventions: Conventions, case: Case) -> bool:
+    """Whether the typed record declares exactly the behaviour hypothesis `name` fits (see the module docstring)."""
+    cv = conventions
+    one_pass = cv.variance_algorithm in (VarianceAlgorithm.ONE_PASS, VarianceAlgorithm.ONE_PASS_CLAMPED)
+    rules: dict[str, Callable[[], bool]] = {
+        "params-float32": lambda: cv.parameter_precision == ParameterPrecision.FLOAT32_ATTRIBUTES or (
+            cv.parameter_precision == ParameterPrecision.INPUT_DTYPE and _computation_dtype(case, cv) == "float32"),
+        "bessel-clamped": lambda: cv.bessel == BesselRule.CLAMPED,
+        "running-var-biased": lambda: cv.running_var == RunningVar.BIASED,
+        "running-var-unbiased": lambda: cv.running_var == RunningVar.UNBIASED,
+        "eps-outside-sqrt": lambda: cv.eps_placement == EpsPlacement.OUTSIDE,
+        "eps-inside-sqrt": lambda: cv.eps_placement == EpsPlacement.INSIDE,
+        "one-pass-variance": lambda: one_pass,
+        "constant-channel-cancellation": lambda: cv.variance_algorithm == VarianceAlgorithm.ONE_PASS_CLAMPED,
+        "float32-computation": lambda: cv.accumulation == Accumulation.FLOAT32,
+        "input-dtype-accumulation": lambda: cv.accumulation == Accumulation.INPUT_DTYPE,
+        "one-pass-variance+float32-computation": lambda: one_pass and cv.accumulation == Accumulation.FLOAT32,
+        "one-pass-variance+input-dtype-accumulation": lambda: one_pass and cv.accumulation == Accumulation.INPUT_DTYPE,
+        "sequential-accumulation": lambda: cv.summation == Summation.SEQUENTIAL,
+        "subnormals-flushed": lambda: cv.subnormals == Subnormals.FLUSHED,
+        "half-precision-statistics": lambda: cv.statistics_dtype == StatisticsDtype.INPUT,
+        "elementwise-input-dtype": lambda: cv.elementwise == Elementwise.INPUT_DTYPE,
     }
-    if hyp.kind == "precision":
-        return "precision"
-    return "convention" if documented.get(hyp.name) else "suspected-bug"
+    if HYPOTHESES[name].kind == "range":
+        return True  # the format is the one the record declares
+    rule = rules.get(name)
+    return bool(rule()) if rule else False
+
+
+def classify(name: str, conventions: Conventions, case: Case) -> tuple[str, bool]:
+    """(classification, documented) of an explaining hypothesis: out-of-range for a range explanation, precision for
+    weaker arithmetic, convention for a formula the record declares exactly, else suspected-bug."""
+    kind = HYPOTHESES[name].kind
+    doc = documented(name, conventions, case)
+    if kind == "range":
+        return "out-of-range", doc
+    if kind == "precision":
+        return "precision", doc
+    return ("convention" if doc else "suspected-bug"), doc
 
 
 def signature(family: str, quantity: str, hypothesis: str, regime: str) -> str:

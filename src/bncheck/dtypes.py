@@ -75,3 +75,19 @@ def ulp(a: np.ndarray, dtype: str) -> np.ndarray:
         # frexp(0) reports exponent 0; the spacing at zero is the smallest subnormal, 2**(emin - p + 1)
         q = np.where(finite == 0, emin - p + 1, np.maximum(e - p, emin - p + 1))
         return np.ldexp(1.0, q)
+
+
+def max_finite(dtype: str) -> float:
+    """The largest finite value of `dtype`."""
+    return _MAX[dtype]
+
+
+def min_normal(dtype: str) -> float:
+    """The smallest positive normal value of `dtype` (below it, FTZ/DAZ arithmetic reads and writes zero)."""
+    return 2.0 ** _MIN_EXP[dtype]
+
+
+def narrower(a: str, b: str) -> str:
+    """The format of the two with fewer significand bits (the narrower exponent range on ties)."""
+    key = lambda d: (_PRECISION[d], -_MIN_EXP[d])  # noqa: E731
+    return min(a, b, key=key)

@@ -17,12 +17,16 @@ ratio `null`.
 
 Policy
 ------
-`Policy(worse_factor=10.0, fail_on=ALL_CLASSES, require_complete=True)`. By default every new finding
-fails, whatever its class: the baseline is where acceptance is recorded, so a documented convention
-difference is accepted there once, with its reason, rather than exempted by class. `fail_on` narrows the
-classes (`convention`, `precision`, `suspected-bug`, `error`, `crash`, `timeout`) that can fail the gate;
-items of other classes are still listed, as notes. With `require_complete`, an interrupted run fails the
-gate (its missing executions would look fixed).
+`Policy(worse_factor=10.0, fail_on=ALL_CLASSES, require_complete=True, fail_on_critical=True)`. By default
+every new finding fails, whatever its class: the baseline is where acceptance is recorded, so a documented
+convention difference is accepted there once, with its reason, rather than exempted by class. `fail_on`
+narrows the classes (`convention`, `precision`, `precision-outlier`, `out-of-range`, `suspected-bug`,
+`error`, `crash`, `timeout`) that can fail the gate; items of other classes are still listed, as notes.
+With `fail_on_critical` (the default) a finding of severity `critical` (NaN/Inf where the reference is
+finite, a negative variance, a collapsed output: severity.py) can fail the gate whatever `fail_on` says,
+so `--fail-on suspected-bug,crash` still fails on a NaN output labelled precision. With `require_complete`,
+an interrupted run fails the gate (its missing executions would look fixed). Executions whose status is
+`refused` (the framework raised as its record documents) or `unsupported` are not gated.
 
 A gated item present in the run FAILS the gate when it is
   * new: its signature is not in the baseline;
@@ -45,7 +49,7 @@ Baseline format (`bncheck.baseline`, version 1)
       "from_run": "<run_id>",                # optional, informational
       "accepted": [                          # required, a list (may be empty); signatures unique
         {"signature": "3bb7b4102000",        # required, non-empty string
-         "target": "torch.nn@cpu",           # optional strings, informational (and "unchecked" detection)
+         "target": "torch.nn@cpu",           # optional strings, informational (and fixed or not-run detection)
          "quantity": "y", "hypothesis": "...", "classification": "...", "regime": "...",
          "worst_ratio": 4781.36 | "inf" | null,   # optional (null): the accepted size, a number >= 0
          "cases": ["<case_id>", ...],        # optional: cases it was seen on (worst first; at most 20)
@@ -69,12 +73,12 @@ from typing import Any, Iterable
 
 BASELINE_SCHEMA = "bncheck.baseline"
 BASELINE_VERSION = 1
-FINDING_CLASSES = ("suspected-bug", "precision", "convention")
+FINDING_CLASSES = ("suspected-bug", "precision", "precision-outlier", "out-of-range", "convention")
 EXECUTION_CLASSES = ("error", "crash", "timeout")
 ALL_CLASSES = FINDING_CLASSES + EXECUTION_CLASSES
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
-_INFO_FIELDS = ("target", "quantity", "hypothesis", "classification", "regime", "reason")
+_INFO_FIELDS = ("target", "quantity", "hypothesis", "classification", "regime", "reason", "severity")
 
 
 class GateInputError(ValueError):
@@ -88,6 +92,7 @@ class Policy:
     worse_factor: float = 10.0
     fail_on: frozenset[str] = frozenset(ALL_CLASSES)
     require_complete: bool = True
+    fail_on_critical: bool = True  # a critical finding can fail whatever fail_on says
 
     def __post_init__(self) -> None:
         if not (isinstance(self.worse_factor, (int, float)) and math.isfinite(self.worse_factor) and self.worse_factor >= 1):
@@ -117,6 +122,8 @@ class Item:
     fails: bool = False
     why: list[str] = field(default_factory=list)
     cases: list[str] = field(default_factory=list)  # the cases it was seen on (worst first)
+    severity: str = ""  # critical | major | minor for findings ("" for pseudo-findings)
+    nonfinite: bool = False  # the worst case is a NaN/Inf mismatch: its ratio reads NaN/Inf, not "inf"
 
     def label(self) -> str:
         """'<signature> <target> <quantity> <hypothesis> [<classification>, <regime>]'."""
@@ -126,7 +133,10 @@ class Item:
 
     def seen(self, ratio: bool = True) -> str:
         """Where it was seen: worst ratio (unless `ratio` is False), count and worst case."""
-        ratio_text = f"worst ratio {fmt_ratio(self.ratio)}, " if ratio and self.ratio is not None else ""
+        if ratio and self.nonfinite:
+            ratio_text = "worst NaN/Inf, "
+        else:
+            ratio_text = f"worst ratio {fmt_ratio(self.ratio)}, " if ratio and self.ratio is not None else ""
         return f"{ratio_text}{self.count} execution{'s' if self.count != 1 else ''}, case {self.case_id or '?'}"
 
 
@@ -155,7 +165,7 @@ class GateDecision:
         return list(seen.values())
 
     def lines(self) -> list[str]:
-        """One line per failing item with every reason, then notes (non-gating, fixed, unchecked) and a summary."""
+        """One line per failing item with every reason, then notes (non-gating, fixed, not-run) and a summary."""
         out = [f"note: {c}" for c in self.context]
         out += [f"FAIL run: {p}" for p in self.problems]
         for it in self.failing:
@@ -247,7 +257,8 @@ def gated_items(results: dict[str, Any]) -> dict[str, Item]:
         items[sig] = Item(sig, "finding", str(f.get("target", "")), str(f.get("quantity", "")),
                           str(f.get("hypothesis", "")), str(f.get("classification", "")), str(f.get("regime", "")),
                           _count(f.get("count"), i), ratio, worst,
-                          cases=list(dict.fromkeys([worst, *seen] if worst else seen)))
+                          cases=list(dict.fromkeys([worst, *seen] if worst else seen)),
+                          severity=str(f.get("severity") or ""), nonfinite=bool(f["worst"].get("nonfinite_mismatch")))
     for i, e in enumerate(results["executions"]):
         if not isinstance(e, dict):
             raise GateInputError(f"results: executions[{i}] is not an object")
@@ -356,6 +367,7 @@ def make_baseline(results: dict[str, Any], today: date, reason: str | None = Non
     for it in items.values():
         accepted.append({"signature": it.signature, "target": it.target, "quantity": it.quantity,
                          "hypothesis": it.hypothesis, "classification": it.classification, "regime": it.regime,
+                         **({"severity": it.severity} if it.severity else {}),
                          "worst_ratio": None if it.ratio is None else ("inf" if math.isinf(it.ratio) else it.ratio),
                          "cases": it.cases[:MAX_BASELINE_CASES],
                          "reason": why, "expires": expires.isoformat() if expires else None})
@@ -413,6 +425,9 @@ def decide(results: dict[str, Any], baseline: dict[str, Any], policy: Policy, to
         d.problems.append(f"run {d.run_id or '?'} is {run.get('status')!r}, not complete: absent findings cannot be told from fixed ones")
     for sig, it in items.items():
         gating = it.classification in policy.fail_on
+        if not gating and policy.fail_on_critical and it.severity == "critical":
+            gating = True
+            it.why.append("critical (NaN/Inf, a negative variance or a collapsed output): gated whatever --fail-on says")
         a = accepted.get(sig)
         if a is None:
             it.why.append("new: not in the baseline")
@@ -443,7 +458,8 @@ def decide(results: dict[str, Any], baseline: dict[str, Any], policy: Policy, to
         cls = a.get("classification") or ""
         it = Item(sig, "execution" if cls in EXECUTION_CLASSES else "finding", a.get("target") or "?",
                   a.get("quantity") or "", a.get("hypothesis") or "", cls, a.get("regime") or "",
-                  accepted_ratio=a["worst_ratio"], expires=a["expires"], reason=a.get("reason") or "")
+                  accepted_ratio=a["worst_ratio"], expires=a["expires"], reason=a.get("reason") or "",
+                  severity=a.get("severity") or "")
         ran, how = coverage.why_not_run(a)
         it.why.append(how)
         (d.fixed if ran else d.not_run).append(it)

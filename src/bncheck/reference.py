@@ -16,6 +16,7 @@ from .cases import Case
 from .inputs import Inputs
 
 RUNNING_VAR_CONVENTIONS = ("unbiased", "biased")
+EPS_PLACEMENTS = ("inside_sqrt", "outside_sqrt")  # where eps enters: 1/sqrt(var + eps) or 1/(sqrt(var) + eps)
 _LONGDOUBLE_IS_WIDER = np.finfo(np.longdouble).nmant > np.finfo(np.float64).nmant
 
 
@@ -46,6 +47,7 @@ class Reference:
     running_var: str
     precision: str
     metrics: dict[str, float | None] = field(default_factory=dict)  # case-level measurements, e.g. the train/eval gap
+    eps_placement: str = "inside_sqrt"  # the normalisation the values follow (a target's declared placement)
 
 
 def working_dtype(case: Case) -> np.dtype:
@@ -85,17 +87,30 @@ def _physical(case: Case, rows: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(logical_last, dtype=np.float64)
 
 
-def compute_reference(case: Case, inputs: Inputs, running_var: str = "unbiased") -> Reference:
+def compute_reference(case: Case, inputs: Inputs, running_var: str = "unbiased",
+                      eps_placement: str = "inside_sqrt") -> Reference:
     """Every observable quantity of `case`, with running variance updated by the given convention."""
-    return _compute(case, inputs, (running_var,))[running_var]
+    return _compute(case, inputs, (running_var,), eps_placement)[running_var]
 
 
-def _compute(case: Case, inputs: Inputs, conventions: tuple[str, ...]) -> dict[str, Reference]:
+def inverse_std(var: np.ndarray, eps: np.ndarray, eps_placement: str = "inside_sqrt") -> np.ndarray:
+    """1/sqrt(var + eps), or 1/(sqrt(var) + eps) for eps outside the root, in the arithmetic of `var`."""
+    one = np.asarray(var).dtype.type(1)
+    if eps_placement == "outside_sqrt":
+        return one / (np.sqrt(var) + eps)
+    return one / np.sqrt(var + eps)
+
+
+def _compute(case: Case, inputs: Inputs, conventions: tuple[str, ...],
+             eps_placement: str = "inside_sqrt") -> dict[str, Reference]:
     """The reference under each of `conventions`, in one pass: only what depends on the running variance
     (its updates, and evaluation with running statistics) is computed per convention; the rest is shared."""
     for c in conventions:
         if c not in RUNNING_VAR_CONVENTIONS:
             raise ValueError(f"running_var must be one of {RUNNING_VAR_CONVENTIONS}")
+    if eps_placement not in EPS_PLACEMENTS:
+        raise ValueError(f"eps_placement must be one of {EPS_PLACEMENTS}")
+    inv = lambda v: inverse_std(v, eps, eps_placement)  # noqa: E731
     wd = working_dtype(case)
     exact = case.dtype == "float64" and not _LONGDOUBLE_IS_WIDER
     C = case.channels
@@ -130,19 +145,19 @@ def _compute(case: Case, inputs: Inputs, conventions: tuple[str, ...]) -> dict[s
             abs_mean = f64(_channel_sum(np.abs(X), exact) / n)
             # per convention: (centre, invstd, xhat) used to normalise; shared objects when they cannot differ
             if batch_stats:
-                invstd = one / np.sqrt(var_b + eps)
+                invstd = inv(var_b)
                 xhat = d * invstd
                 Y = gamma * xhat + beta
                 y = _physical(case, Y)
                 norm = {c: (mean, invstd, xhat, y) for c in conventions}
             else:
                 norm = {}
-                batch_y = gamma * (d / np.sqrt(var_b + eps)) + beta
+                batch_y = gamma * (d * inv(var_b)) + beta
                 for c in conventions:
-                    inv = one / np.sqrt(rvs[c] + eps)
-                    xh = (X - rm) * inv
+                    s_c = inv(rvs[c])
+                    xh = (X - rm) * s_c
                     Yc = gamma * xh + beta
-                    norm[c] = (rm, inv, xh, _physical(case, Yc))
+                    norm[c] = (rm, s_c, xh, _physical(case, Yc))
                     # the train/eval gap: eval output (running statistics) against the same batch's own statistics
                     gap = np.abs(Yc - batch_y)
                     finite = gap[np.isfinite(gap)]
@@ -172,13 +187,19 @@ def _compute(case: Case, inputs: Inputs, conventions: tuple[str, ...]) -> dict[s
                 extras = {"abs_dy_mean": f64(_channel_sum(np.abs(dY), exact) / n), "dy_mean": f64(dbeta / n)}
                 done: dict[int, tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = {}
                 for c in conventions:
-                    _, inv, xh, _ = norm[c]
+                    _, s_c, xh, _ = norm[c]
                     if id(xh) not in done:  # conventions that normalised alike share their gradients
                         dgamma = _channel_sum(dY * xh, exact)
-                        if batch_stats:
-                            dX = gamma * inv * (dY - dbeta / n - xh * (dgamma / n))
+                        if batch_stats and eps_placement == "outside_sqrt":
+                            # y = gamma (x - mu) s(v), s = 1/(sqrt(v) + eps), ds/dv = -s^2 / (2 sqrt(v)), dv/dx = 2 d / n:
+                            # dx = gamma (s (dy - mean dy) - s^2 d sum(dy d) / (n sqrt(v))); 0 where v = 0 (d = 0)
+                            sd = np.sqrt(var_b)
+                            k = np.where(sd > 0, s_c * s_c * _channel_sum(dY * d, exact) / (n * np.where(sd > 0, sd, one)), 0)
+                            dX = gamma * (s_c * (dY - dbeta / n) - d * k)
+                        elif batch_stats:
+                            dX = gamma * s_c * (dY - dbeta / n - xh * (dgamma / n))
                         else:
-                            dX = gamma * inv * dY
+                            dX = gamma * s_c * dY
                         done[id(xh)] = (_physical(case, dX), dgamma, {
                             "abs_dy_xhat_mean": f64(_channel_sum(np.abs(dY * xh), exact) / n),
                             "dy_xhat_mean": f64(dgamma / n)})
@@ -191,8 +212,8 @@ def _compute(case: Case, inputs: Inputs, conventions: tuple[str, ...]) -> dict[s
             for c in conventions:
                 stats[c][phase] = phase_stats[c]
     label = precision_label(case)
-    return {c: Reference(values=values[c], stats=stats[c], running_var=c, precision=label, metrics=metrics[c])
-            for c in conventions}
+    return {c: Reference(values=values[c], stats=stats[c], running_var=c, precision=label, metrics=metrics[c],
+                         eps_placement=eps_placement) for c in conventions}
 
 
 def convention_matters(case: Case) -> bool:
@@ -200,11 +221,11 @@ def convention_matters(case: Case) -> bool:
     return case.track_running_stats and any(phase != "eval" for phase in case.phases)
 
 
-def compute_references(case: Case, inputs: Inputs) -> dict[str, Reference]:
+def compute_references(case: Case, inputs: Inputs, eps_placement: str = "inside_sqrt") -> dict[str, Reference]:
     """The reference under each running-variance convention, computed once when the convention cannot matter."""
     if convention_matters(case):
-        return _compute(case, inputs, RUNNING_VAR_CONVENTIONS)
-    ref = compute_reference(case, inputs, RUNNING_VAR_CONVENTIONS[0])
+        return _compute(case, inputs, RUNNING_VAR_CONVENTIONS, eps_placement)
+    ref = compute_reference(case, inputs, RUNNING_VAR_CONVENTIONS[0], eps_placement)
     return {c: ref if c == ref.running_var else replace(ref, running_var=c) for c in RUNNING_VAR_CONVENTIONS}
 
 

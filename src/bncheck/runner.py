@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import refusals
 from . import targets as registry
 from .cases import Case
 from .compare import missing_quantities
@@ -248,9 +249,10 @@ def _device_lock(device: str) -> threading.Lock | None:
 
 
 def judge_outcome(state: _CaseState, target: Target, out: Outcome) -> tuple[str, str, list[dict[str, Any]]]:
-    """Status, message and verdict dictionaries for one outcome."""
+    """Status, message and verdict dictionaries for one outcome (an error the target's record documents: refused)."""
     if out.status != "ok":
-        return out.status, out.message, []
+        status, message = refusals.classify(state.case, target.conventions, out.status, out.message)
+        return status, message, []
     obs = out.reply.get("observation", {})
     expected = state.expected()
     verdicts, diagnosis = judge_execution(state.case, state.inputs, obs, target.conventions, target.family, expected)
@@ -265,7 +267,8 @@ def judge_outcome(state: _CaseState, target: Target, out: Outcome) -> tuple[str,
     missing = missing_quantities(obs, expected.references[target.conventions.running_var], target.conventions)
     if missing:
         message = "not observed: " + ", ".join(missing)
-    return "ok", message, rows
+    status, message = refusals.classify(state.case, target.conventions, "ok", message)
+    return status, message, rows
 
 
 def broken_message(n: int) -> str:
@@ -395,7 +398,7 @@ def resume_state(store: Store, run_id: str) -> tuple[set[tuple[str, str]], dict[
         done.add((case_id, target))
         if status in ("crash", "timeout"):
             consecutive[target] = consecutive.get(target, 0) + 1
-        elif status != "unsupported":
+        elif status != "unsupported":  # a refusal, like an error, is an answer of a live worker
             consecutive[target] = 0
     return done, store.broken_targets(run_id), consecutive
 

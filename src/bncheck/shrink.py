@@ -124,6 +124,9 @@ def shrink_findings(doc: dict[str, Any], targets: dict[str, Target], workers: di
         if target is None or worker is None:
             f["shrink"]["skipped"] = "its target is not running now"
             continue
+        if f.get("classification") == "precision-outlier":  # judged against the peers: one target cannot re-judge it
+            f["shrink"]["skipped"] = "a precision outlier is judged against its peers, which shrinking does not re-run"
+            continue
         case_d = {k: v for k, v in doc["cases"][f["minimal_case"]].items() if k not in ("description", "metrics")}
         start = case_from_dict(case_d)
         if "data" in start.regime:  # explicit data cannot be resized

@@ -21,6 +21,17 @@ def _offset(loc: float, **kw: Any) -> dict[str, Any]:
     return {"shape": [8, 6, 6, 6], "grad": True, "regime": {"name": f"offset{loc:g}", "x": {"dist": "normal", "loc": loc, "scale": 1.0}}, **kw}
 
 
+def _spread(name: str, scale: float, loc: float = 0.0, **kw: Any) -> dict[str, Any]:
+    """x ~ N(loc, scale) (float32 training with gradients unless `kw` says otherwise)."""
+    return {"shape": [8, 6, 6, 6], "grad": True, "regime": {"name": name, "x": {"dist": "normal", "loc": loc, "scale": scale}}, **kw}
+
+
+def _constant(value: float, **kw: Any) -> dict[str, Any]:
+    """Channel 0 holds `value` everywhere, the others N(0, 1)."""
+    return {"shape": [8, 6, 6, 6], "grad": True, "regime": {"name": f"constant{value:g}", "x": {
+        "dist": "normal", "loc": 0, "scale": 1, "channels": {"0": {"dist": "constant", "value": value}}}}, **kw}
+
+
 TRAJ = {"shape": [8, 6, 6, 6], "mode": "trajectory", "steps": 3, "grad": True}
 TRAJ2_FWD = {"shape": [8, 6, 6, 6], "mode": "trajectory", "steps": 2}
 EPS3 = {"shape": [8, 6, 6, 6], "eps": 1e-3, "grad": True}
@@ -46,6 +57,22 @@ FAULTS: list[tuple[str, dict[str, Any], str, str]] = [
     ("one-pass-variance+input-dtype-accumulation",
      {"shape": [4, 6, 4, 4], "dtype": "float16", "grad": True, "regime": {"name": "offset30", "x": {"dist": "normal", "loc": 30.0, "scale": 1.0}}},
      "batch_mean", "precision"),
+    ("eps-inside-sqrt", EPS3, "batch_invstd", "suspected-bug"),
+    ("sequential-accumulation", {"shape": [16, 2, 64, 64], "regime": {"name": "offset1e4", "x": {"dist": "normal", "loc": 1e4, "scale": 1.0}}},
+     "batch_mean", "precision"),
+    ("subnormals-flushed", _spread("subnormal", 1e-39, eps=1e-30), "batch_mean", "precision"),
+    ("half-precision-statistics", {"shape": [8, 6, 6, 6], "dtype": "float16", "param_dtype": "float32", "grad": True},
+     "batch_mean", "precision"),
+    ("elementwise-input-dtype", {"shape": [8, 6, 6, 6], "dtype": "float16", "grad": True}, "y", "precision"),
+    ("constant-channel-cancellation", _constant(2.3), "batch_var", "precision"),
+    ("invstd-cubed-overflow", _spread("tiny", 1e-25, eps=1e-30), "dx", "precision"),
+    ("variance-overflow", _spread("spread2e19", 2e19), "batch_invstd", "out-of-range"),
+    ("sum-of-squares-overflow", _spread("spread1e19", 1e19), "batch_var", "out-of-range"),
+    ("sum-overflow", _spread("mean1e37", 1.0, loc=1e37), "batch_mean", "out-of-range"),
+    ("variance-underflow", {"shape": [8, 6, 6, 6], "dtype": "float16", "param_dtype": "float16", "grad": True, "eps": 1e-9,
+                            "regime": {"name": "spread1e-4", "x": {"dist": "normal", "loc": 0.0, "scale": 1e-4}}},
+     "batch_invstd", "out-of-range"),
+    ("invstd-overflow", _constant(2.0, eps=0.0), "y", "out-of-range"),
 ]
 
 BENIGN: dict[str, list[dict[str, Any]]] = {

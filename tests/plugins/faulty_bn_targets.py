@@ -5,7 +5,10 @@ wrapper around the NumPy kernel emulation of tests/test_bounds.py (a correct flo
 perturbs the computation in one known way: the running variance with the other Bessel factor, momentum as
 1 - m, eps outside the root or ignored, the unbiased variance in the normalisation, float32 eps and momentum,
 batch statistics in eval, running or blended statistics in training, a one-pass variance, float32 arithmetic
-for float64 data, float16 arithmetic, and one-pass variance combined with either. `faultybn.correct32` and
+for float64 data, float16 arithmetic, and one-pass variance combined with either; eps inside the root where
+the record says outside, sequential sums, flushed subnormals, half-precision moments, half-precision element-wise
+arithmetic, a clamped one-pass variance on a constant channel, an autodiff backward through invstd^3; and
+correct float32 kernels on cases outside float32's (or the declared float16's) range. `faultybn.correct32` and
 `faultybn.correct64` compute correctly in float32 and float64.
 
 Every faulty target runs only the case of faulty_bn_cases.FAULTS written for it (any other case is
@@ -24,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests folder
 
 from faulty_bn_cases import BENIGN, FAMILY, FAULTS  # noqa: E402
 from test_bounds import Kernel, emulate  # noqa: E402
-from test_diagnose import statistics_normalised  # noqa: E402
+from test_diagnose import nan_free_y, statistics_normalised  # noqa: E402
 
 from bncheck.cases import Case, case_from_dict  # noqa: E402
 from bncheck.targets import register_framework, register_target  # noqa: E402
@@ -49,9 +52,9 @@ KERNELS: dict[str, tuple[Kernel | Callable[..., dict[str, np.ndarray]], Conventi
     "eps-ignored": (Kernel(eps_placement="ignored"), DECLARED),
     "unbiased-normalisation": (Kernel(norm_var="unbiased"), DECLARED),
     # the emulation's Bessel factor is n / max(n - 1, 1): at one value per channel it is the clamped kernel
-    "bessel-clamped": (Kernel(), Conventions(momentum="new", running_var="unbiased", notes="running variance uses n / max(n - 1, 1)")),
+    "bessel-clamped": (Kernel(), Conventions(momentum="new", running_var="unbiased", bessel="max(n-1,1)")),
     "params-float32": (Kernel(acc=np.float64, float32_eps=True, float32_momentum=True),
-                       Conventions(momentum="old", running_var="unbiased", parameter_precision="epsilon and momentum are float32 attributes")),
+                       Conventions(momentum="old", running_var="unbiased", parameter_precision="float32-attributes")),
     "eval-uses-batch-stats": (Kernel(eval_stats="batch"), DECLARED),
     "train-uses-running-stats": (statistics_normalised("running"), DECLARED),
     "blended-stats": (statistics_normalised("blended"), DECLARED),
@@ -60,6 +63,19 @@ KERNELS: dict[str, tuple[Kernel | Callable[..., dict[str, np.ndarray]], Conventi
     "input-dtype-accumulation": (Kernel(acc=np.float16), DECLARED),
     "one-pass-variance+float32-computation": (Kernel(acc=np.float32, variance="one-pass"), DECLARED),
     "one-pass-variance+input-dtype-accumulation": (Kernel(acc=np.float16, variance="one-pass"), DECLARED),
+    "eps-inside-sqrt": (Kernel(), Conventions(momentum="new", running_var="unbiased", eps_placement="outside_sqrt")),
+    "sequential-accumulation": (Kernel(summation="sequential"), DECLARED),
+    "subnormals-flushed": (Kernel(ftz=True), DECLARED),
+    "half-precision-statistics": (Kernel(stats_dtype=np.float16), DECLARED),
+    "elementwise-input-dtype": (Kernel(ew_dtype=np.float16), DECLARED),
+    "constant-channel-cancellation": (Kernel(variance="one-pass-clamped", reciprocal=True), DECLARED),
+    "invstd-cubed-overflow": (Kernel(dx_form="autodiff"), DECLARED),
+    "variance-overflow": (Kernel(), DECLARED),
+    "sum-of-squares-overflow": (Kernel(), DECLARED),
+    "sum-overflow": (Kernel(), DECLARED),
+    "variance-underflow": (Kernel(stats_dtype=np.float16), Conventions(momentum="new", running_var="unbiased",
+                                                                     statistics_dtype="input-dtype")),
+    "invstd-overflow": (nan_free_y, DECLARED),
 }
 
 

@@ -41,11 +41,12 @@ MAX_PROBLEMS_LISTED = 200  # errors, crashes and timeouts with their stderr on i
 MAX_CASES_LISTED = 60  # cases of one finding listed on its page
 TRAJECTORY_CHANNELS = 6  # channels drawn in a running-statistics trajectory chart
 # worst first: the colour of a matrix cell is its worst execution
-SEVERITY = ("failed", "suspected-bug", "deviating", "precision", "convention", "ok", "unsupported", "none")
+SEVERITY = ("failed", "suspected-bug", "deviating", "precision", "out-of-range", "convention", "ok", "refused",
+            "unsupported", "none")
 SEVERITY_LABEL = {"failed": "error / crash / timeout", "suspected-bug": "suspected bug", "deviating": "deviating (undiagnosed)",
-                  "precision": "precision", "convention": "convention", "ok": "agrees", "unsupported": "unsupported only",
-                  "none": "not run"}
-EXEC_STATES = ("ok", "deviating", "error", "crash", "timeout", "unsupported")
+                  "precision": "precision", "out-of-range": "out of the format's range", "convention": "convention",
+                  "ok": "agrees", "refused": "refused (documented)", "unsupported": "unsupported only", "none": "not run"}
+EXEC_STATES = ("ok", "deviating", "error", "refused", "crash", "timeout", "unsupported")
 CASE_FIELDS = ("shape", "layout", "dtype", "param_dtype", "mode", "steps", "eps", "momentum", "affine",
                "track_running_stats", "grad", "regime", "seed")
 CHAIN = ("batch_mean", "batch_var", "batch_var_unbiased", "batch_invstd", "y", "running_mean", "running_var",
@@ -91,8 +92,8 @@ def _exec_class(e: dict[str, Any]) -> str:
     """The severity bucket of one execution."""
     if e["status"] in ("error", "crash", "timeout"):
         return "failed"
-    if e["status"] == "unsupported":
-        return "unsupported"
+    if e["status"] in ("unsupported", "refused"):
+        return e["status"]
     if not e["deviations"]:
         return "ok"
     diag = next((v["diagnosis"] for v in e["deviations"] if isinstance(v.get("diagnosis"), dict)), None)
@@ -146,17 +147,18 @@ def _matrix(doc: dict[str, Any]) -> dict[str, Any]:
         for src in cols:
             c = cells.get((name, src), Counter())
             worst = next((s for s in SEVERITY if c.get(s)), "none")
-            run = c["total"] - c["state:unsupported"]
+            run = c["total"] - c["state:unsupported"] - c["state:refused"]
             dev = c["state:deviating"]
             failed = c["state:error"] + c["state:crash"] + c["state:timeout"]
             if not c["total"]:
                 text = "not run" if t.get("available", True) else "unavailable"
             elif not run:
-                text = f"{c['state:unsupported']} unsupported"
+                text = ", ".join(f"{c['state:' + k]} {k}" for k in ("refused", "unsupported") if c["state:" + k])
             else:
                 text = f"{dev + failed} / {run}" if dev + failed else f"{run} ok"
             tip = ", ".join(f"{c['state:' + s]} {s}" for s in EXEC_STATES if c["state:" + s])
-            breakdown = ", ".join(f"{c[s]} {SEVERITY_LABEL[s]}" for s in SEVERITY if c.get(s) and s not in ("ok", "unsupported"))
+            breakdown = ", ".join(f"{c[s]} {SEVERITY_LABEL[s]}" for s in SEVERITY
+                                  if c.get(s) and s not in ("ok", "unsupported", "refused"))
             sub = ", ".join(f"{n} {label}" for n, label in ((failed, "failed"), (dev, "deviating")) if n) if run else ""
             row_cells.append({"cls": worst, "text": text, "sub": sub,
                               "tip": (tip + (f" ({breakdown})" if breakdown else "")) or "no executions"})
@@ -220,10 +222,10 @@ def _executions_json(doc: dict[str, Any]) -> str:
                          "classes": SEVERITY, "rows": rows})
 
 
-def _unsupported(doc: dict[str, Any]) -> list[tuple[tuple[str, str], int]]:
+def _unsupported(doc: dict[str, Any], status: str = "unsupported") -> list[tuple[tuple[str, str], int]]:
     c: Counter[tuple[str, str]] = Counter()
     for e in doc["executions"]:
-        if e["status"] == "unsupported":
+        if e["status"] == status:
             c[(e["target"], e["message"])] += 1
     return sorted(c.items())
 
@@ -250,6 +252,7 @@ def render_index(doc: dict[str, Any]) -> str:
     filters = [
         ("target", "target", _options(rows, lambda r: [r["f"]["target"]])),
         ("classification", "class", _options(rows, lambda r: [r["f"]["classification"]])),
+        ("severity", "severity", _options(rows, lambda r: [r["f"].get("severity", "minor")])),
         ("quantity", "quantity", _options(rows, lambda r: [r["f"]["quantity"]])),
         ("dtype", "dtype", _options(rows, lambda r: r["dtypes"])),
         ("mode", "mode", _options(rows, lambda r: r["modes"])),
@@ -258,6 +261,7 @@ def render_index(doc: dict[str, Any]) -> str:
     return _env.get_template("index.html").render(
         doc=doc, s=doc["summary"], matrix=_matrix(doc), findings=rows, filters=filters, causes=root_causes(doc["findings"]),
         problems=problems[:MAX_PROBLEMS_LISTED], problems_total=len(problems), unsupported=_unsupported(doc),
+        refused=_unsupported(doc, "refused"), peers=doc["summary"].get("peers"),
         executions_json=_executions_json(doc), frameworks=_frameworks(manifest), host=_host(manifest),
         manifest_json=json.dumps(manifest, indent=1, default=str), severity=SEVERITY, severity_label=SEVERITY_LABEL,
         style=_env.get_template("style.css").render(), root="",

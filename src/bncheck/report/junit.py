@@ -6,7 +6,10 @@ names its worst quantity, its error in units of the bound and, when diagnosed (t
 first deviating verdict as `diagnosis`), the hypothesis and classification; the body lists every deviating
 quantity, the diagnosis, the finding's page and a replay command that works as written (with the run's
 --plugin options and its --out folder). `error`, `crash` and `timeout` executions have an <error> (type =
-status) whose body is the message and the stderr tail; `unsupported` ones are <skipped> with their reason.
+status) whose body is the message and the stderr tail; `unsupported` ones are <skipped> with their reason, and so
+are `refused` ones (the framework raised as its record documents), with the framework's message. A NaN/Inf
+mismatch reads "NaN/Inf in N elements", not "inf x bound". An execution that a precision-outlier finding names
+(within its bound, far less accurate than its peers) is a <failure> too, as it is a finding.
 
 Given the gate's decision against a baseline (`bncheck junit RUN_DIR --baseline FILE`), only what fails the gate
 is a <failure> or an <error>: an accepted deviation, or one whose class does not gate, passes, with a
@@ -56,15 +59,23 @@ def failure_message(execution: dict[str, Any]) -> str:
     """'<worst key> deviates: <ratio> x bound; <hypothesis> (<classification>)' for a deviating execution."""
     devs = execution.get("deviations") or []
     worst = max(devs, key=lambda v: _ratio(v.get("ratio")))
-    msg = f"{worst.get('key', worst.get('quantity', '?'))} deviates: error {_fmt(_ratio(worst.get('ratio')))} x bound"
     if worst.get("nonfinite_mismatch"):
-        msg += f", {worst['nonfinite_mismatch']} NaN/Inf mismatches"
+        msg = f"{worst.get('key', worst.get('quantity', '?'))} deviates: NaN/Inf in {worst['nonfinite_mismatch']} elements"
+    else:
+        msg = f"{worst.get('key', worst.get('quantity', '?'))} deviates: error {_fmt(_ratio(worst.get('ratio')))} x bound"
     if len(devs) > 1:
         msg += f" ({len(devs)} quantities deviate)"
     diag = next((v["diagnosis"] for v in devs if isinstance(v.get("diagnosis"), dict)), None)
     if diag:
-        msg += f"; {diag.get('hypothesis', '?')} ({diag.get('classification', '?')}), first at {diag.get('first', '?')}"
+        msg += (f"; {diag.get('hypothesis', '?')} ({diag.get('classification', '?')}, {diag.get('severity', 'minor')}), "
+                f"first at {diag.get('first', '?')}")
     return msg
+
+
+def outlier_message(execution: dict[str, Any]) -> str:
+    """The failure message of an execution that is a precision outlier (no deviation from its bound)."""
+    return ("precision outlier (far less accurate than its peers, within the bound): "
+            + ", ".join(execution.get("peer_outliers") or []))
 
 
 def _failure_body(execution: dict[str, Any], case: dict[str, Any] | None, out_dir: Path | str | None,
@@ -164,14 +175,16 @@ def build_junit(doc: dict[str, Any], out_dir: Path | str | None = None, decision
             counts["tests"] += 1
             counts["time"] += elapsed
             key = (str(e.get("case_id")), str(target))
-            if status == "ok" and e.get("deviations"):
+            if status == "ok" and (e.get("deviations") or e.get("peer_outliers")):
                 sig = finding_of.get(key)
+                what = failure_message(e) if e.get("deviations") else outlier_message(e)
                 if failing is None or sig is None or sig in failing:
                     counts["failures"] += 1
-                    f = ET.SubElement(tc, "failure", message=_text(failure_message(e)), type="deviation")
+                    f = ET.SubElement(tc, "failure", message=_text(what),
+                                      type="deviation" if e.get("deviations") else "precision-outlier")
                     f.text = _text(_failure_body(e, case, out_dir, plugins, sig))
                 else:
-                    ET.SubElement(tc, "system-out").text = _text(_passed_note(sig, accepted, failure_message(e)))
+                    ET.SubElement(tc, "system-out").text = _text(_passed_note(sig, accepted, what))
             elif status in ("error", "crash", "timeout"):
                 sig = execution_signature(str(target), status, str(e.get("message") or ""))
                 if failing is None or sig in failing:
@@ -184,6 +197,9 @@ def build_junit(doc: dict[str, Any], out_dir: Path | str | None = None, decision
             elif status == "unsupported":
                 counts["skipped"] += 1
                 ET.SubElement(tc, "skipped", message=_text(e.get("message") or "unsupported"))
+            elif status == "refused":
+                counts["skipped"] += 1
+                ET.SubElement(tc, "skipped", message=_text(f"refused (documented): {_first_line(e.get('message') or '')}"))
             elif e.get("message"):
                 ET.SubElement(tc, "system-out").text = _text(e["message"])
         for k in ("tests", "failures", "errors", "skipped"):

@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from ..cases import case_from_dict
+from .. import peers
 from ..files import write_atomic
+from ..severity import SEVERITIES, worst_severity
 from ..store import Store
 from .paths import annotate_conversions, path_fields
 
 SCHEMA = "bncheck.results"
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "error", "crash", "timeout", "unsupported")
+STATUSES = ("ok", "error", "refused", "crash", "timeout", "unsupported")
 
 
 def observed_conventions(executions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -65,9 +67,17 @@ def build_findings(executions: list[dict[str, Any]], cases: dict[str, dict[str, 
             g = groups[diag["signature"]] = {
                 "signature": diag["signature"], "target": e["target"], "quantity": diag["quantity"],
                 "mode": diag["mode"], "hypothesis": diag["hypothesis"], "classification": diag["classification"],
-                "explanation": diag["explanation"], "regime": cases[e["case_id"]]["regime"]["name"],
+                "severity": diag.get("severity", "minor"), "severity_reasons": diag.get("severity_reasons", []),
+                "documented": bool(diag.get("documented")), "explanation": diag["explanation"],
+                "regime": cases[e["case_id"]]["regime"]["name"], "out_of_range": diag.get("out_of_range", []),
                 "count": 0, "cases": [], "channels": set(), "worst": None, "minimal_case": None,
             }
+        if diag.get("peer_check") is not None:
+            g.setdefault("peer_checks", []).append({"case_id": e["case_id"], **diag["peer_check"]})
+        if worst_severity([g["severity"], diag.get("severity")]) != g["severity"]:
+            g["severity"], g["severity_reasons"] = diag.get("severity", "minor"), diag.get("severity_reasons", [])
+        if CLASS_ORDER.index(diag["classification"]) < CLASS_ORDER.index(g["classification"]):
+            g["classification"] = diag["classification"]  # a same-format peer passed one of its cases
         g["count"] += 1
         g["cases"].append(e["case_id"])
         g["channels"].update(diag["channels"])
@@ -75,6 +85,7 @@ def build_findings(executions: list[dict[str, Any]], cases: dict[str, dict[str, 
             g["mode"] = diag["mode"]  # the mode of the worst case (a signature may span modes)
             peers = outcome.get(e["case_id"], {})
             g["worst"] = {"case_id": e["case_id"], "ratio": ratio, "residual": diag["residual"],
+                          "nonfinite_mismatch": sum(int(v.get("nonfinite_mismatch") or 0) for v in e["deviations"]),
                           "first": diag["first"], "step": diag["step"], "deviating": diag["deviating"],
                           "conditioning": diag["conditioning"], "alternatives": diag["alternatives"],
                           "agreeing_targets": sorted(t for t, bad in peers.items() if not bad),
@@ -85,7 +96,7 @@ def build_findings(executions: list[dict[str, Any]], cases: dict[str, dict[str, 
         if g["minimal_case"] is None or size(e["case_id"]) < size(g["minimal_case"]):
             g["minimal_case"] = e["case_id"]
     out = []
-    for g in sorted(groups.values(), key=lambda g: (CLASS_ORDER.index(g["classification"]), g["target"], -g["count"])):
+    for g in sorted(groups.values(), key=finding_order):
         g["channels"] = sorted(g["channels"])
         if not math.isfinite(g["worst"]["ratio"]):
             g["worst"]["ratio"] = "inf"
@@ -93,7 +104,13 @@ def build_findings(executions: list[dict[str, Any]], cases: dict[str, dict[str, 
     return out
 
 
-CLASS_ORDER = ("suspected-bug", "precision", "convention")
+CLASS_ORDER = ("suspected-bug", "precision", "precision-outlier", "out-of-range", "convention")
+
+
+def finding_order(g: dict[str, Any]) -> tuple[Any, ...]:
+    """Sort key of findings and causes: class (CLASS_ORDER), then severity, target, most executions first."""
+    return (CLASS_ORDER.index(g["classification"]), SEVERITIES.index(g.get("severity") or "minor"), g["target"],
+            -g["count"])
 
 
 def root_causes(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -109,8 +126,10 @@ def root_causes(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
         g = groups.get(key)
         if g is None:
             g = groups[key] = {"target": f["target"], "hypothesis": f["hypothesis"], "classification": f["classification"],
-                               "explanation": f["explanation"], "quantities": [], "regimes": [], "findings": [],
-                               "count": 0, "worst_ratio": 0.0}
+                               "severity": f.get("severity", "minor"), "explanation": f["explanation"], "quantities": [],
+                               "regimes": [], "findings": [], "count": 0, "worst_ratio": 0.0, "nonfinite": False}
+        g["severity"] = worst_severity([g["severity"], f.get("severity")])
+        g["nonfinite"] = g["nonfinite"] or bool(f["worst"].get("nonfinite_mismatch"))
         g["count"] += f["count"]
         g["findings"].append(f["signature"])
         for k, v in (("quantities", f["quantity"]), ("regimes", f["regime"])):
@@ -118,7 +137,7 @@ def root_causes(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 g[k].append(v)
         r = f["worst"]["ratio"]
         g["worst_ratio"] = "inf" if r == "inf" or g["worst_ratio"] == "inf" else max(g["worst_ratio"], r)
-    return sorted(groups.values(), key=lambda g: (CLASS_ORDER.index(g["classification"]), g["target"], -g["count"]))
+    return sorted(groups.values(), key=finding_order)
 
 
 def build_results(store: Store, run_id: str) -> dict[str, Any]:
@@ -157,7 +176,15 @@ def build_results(store: Store, run_id: str) -> dict[str, Any]:
     for e in executions:  # the finite ratio rides along for grouping; it is dropped from the JSON below
         for v in e["verdicts"]:
             v.setdefault("ratio_value", float(v["ratio"]) if v["ratio"] not in ("inf", "nan") else float("inf"))
-    findings = build_findings(out_execs, cases, {(e["case_id"], e["target"]): e["verdicts"] for e in executions})
+    judged = peers.judge_run(executions, cases, targets)  # out-of-range revised in place; precision outliers
+    all_verdicts = {(e["case_id"], e["target"]): e["verdicts"] for e in executions}
+    findings = build_findings(out_execs, cases, all_verdicts)
+    findings = sorted(findings + peers.outlier_findings(judged.outliers, cases, all_verdicts), key=finding_order)
+    outlier_keys: dict[tuple[str, str], list[str]] = {}
+    for o in judged.outliers:
+        outlier_keys.setdefault((o["case_id"], o["target"]), []).append(o["key"])
+    for e in out_execs:
+        e["peer_outliers"] = outlier_keys.get((e["case_id"], e["target"]), [])
     annotate_conversions(findings, out_execs, targets)
     for e in out_execs:
         for v in e["deviations"]:
@@ -173,6 +200,8 @@ def build_results(store: Store, run_id: str) -> dict[str, Any]:
             "by_status": {s: status_counts.get(s, 0) for s in STATUSES},
             "deviating_executions": sum(1 for e in out_execs if e["deviations"]),
             "findings": {c: sum(1 for f in findings if f["classification"] == c) for c in CLASS_ORDER},
+            "findings_by_severity": {s: sum(1 for f in findings if f.get("severity") == s) for s in SEVERITIES},
+            "peers": judged.summary(),
             "by_target": {t: {**{s: c.get(s, 0) for s in STATUSES}, "deviating": c.get("deviating", 0)}
                           for t, c in sorted(by_target.items())},
             "broken_targets": sorted(broken),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..cases import Case
 from ..inputs import Inputs
+# re-exported: adapters and plugins import the vocabulary from here with the record itself
+from .vocabulary import (Accumulation, BesselRule, Elementwise, EpsPlacement, MomentumForm, ParameterPrecision, Refusal,  # noqa: F401
+                         RefusalCondition, RunningVar, StatisticsDtype, Subnormals, Summation, VarianceAlgorithm, coerce)
 
 Observation = dict[str, np.ndarray]
 # how a target's path runs BN: a framework's eager API, a graph runtime, a compiler, a model exported (or
@@ -25,16 +28,28 @@ class Unsupported(Exception):
 
 @dataclass(frozen=True)
 class Conventions:
-    """What a target means by BN: the data that lets adapters translate and the oracle tell convention from bug."""
+    """What a target means by BN: the data that lets adapters translate and the oracle tell convention from bug.
 
-    momentum: str  # "new": weight of the batch statistic (PyTorch); "old": weight of the running value (ONNX, Keras, Flax)
-    running_var: str  # variance that feeds the running update: "unbiased" (n-1) or "biased" (n)
-    eps_placement: str = "inside_sqrt"  # y = (x - mean) / sqrt(var + eps)
+    The typed fields (vocabulary.py) decide: judging reads eps_placement, the diagnosis reads every one of them
+    to call a fitted behaviour a documented convention only when the record declares exactly that behaviour,
+    and formats.py reads the arithmetic fields to know which format a case must fit. Strings are accepted and
+    checked (a plugin's record may say momentum="new"); free text goes in `notes` and `sources`.
+    """
+
+    momentum: MomentumForm  # NEW: weight of the batch statistic (PyTorch); OLD: weight of the running value (ONNX, Keras, Flax)
+    running_var: RunningVar  # variance that feeds the running update
+    eps_placement: EpsPlacement = EpsPlacement.INSIDE
     default_eps: float | None = 1e-5  # None: the API has no default (the caller must pass one)
     default_momentum: float | None = 0.1  # in the target's own form; None: no running update
-    variance_algorithm: str = "two-pass"
-    accumulation: str = "float32 for float16/bfloat16 inputs"
-    parameter_precision: str = "as given"  # how eps and momentum reach the kernel
+    variance_algorithm: VarianceAlgorithm = VarianceAlgorithm.TWO_PASS
+    bessel: BesselRule = BesselRule.N_MINUS_1
+    accumulation: Accumulation = Accumulation.FLOAT32_OR_WIDER
+    summation: Summation = Summation.UNSPECIFIED
+    statistics_dtype: StatisticsDtype = StatisticsDtype.PARAMETER
+    elementwise: Elementwise = Elementwise.ACCUMULATION
+    subnormals: Subnormals = Subnormals.PRESERVED
+    parameter_precision: ParameterPrecision = ParameterPrecision.FLOAT64  # how eps and momentum reach the kernel
+    refusals: tuple[Refusal, ...] = ()  # what the framework documents it refuses (raises on): recorded as 'refused'
     dtypes: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64")
     # "same": parameters in the input dtype; "same-or-float32": also float32 for half inputs; "any": any float dtype
     param_dtypes: str = "same-or-float32"
@@ -42,19 +57,53 @@ class Conventions:
     layouts: tuple[str, ...] = ("channels_first", "channels_last")
     modes: tuple[str, ...] = ("train", "eval")
     untracked: bool = True  # can run without running statistics (normalising with batch statistics in eval)
-    gradients: bool = True  # observes dx, dgamma, dbeta (targets without autodiff still run grad cases forward)
+    gradients: bool | None = None  # observes dx, dgamma, dbeta (None: as quantities say); grad cases still run forward
     quantities: tuple[str, ...] = QUANTITIES
     optional_quantities: tuple[str, ...] = ()  # observed only for some cases (never reported as missing)
     notes: str = ""
     sources: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        for name, enum in _TYPED.items():
+            object.__setattr__(self, name, coerce(enum, getattr(self, name), name))
+        object.__setattr__(self, "refusals", tuple(r if isinstance(r, Refusal) else Refusal(**r) for r in self.refusals))
+        for name in ("dtypes", "ranks", "layouts", "modes", "quantities", "optional_quantities", "sources"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        unknown = sorted((set(self.quantities) | set(self.optional_quantities)) - set(QUANTITIES))
+        if unknown:
+            raise ValueError(f"conventions.quantities: unknown quantity {unknown[0]!r} (choose from {', '.join(QUANTITIES)})")
+        grads = {"dx", "dgamma", "dbeta"} & set(self.quantities)
+        if self.gradients is None:
+            object.__setattr__(self, "gradients", bool(grads))
+        elif self.gradients != bool(grads):
+            raise ValueError("conventions.gradients must be true exactly when quantities name dx, dgamma or dbeta "
+                             f"(gradients={self.gradients}, quantities={', '.join(self.quantities)})")
+        running = {"running_mean", "running_var"} & set(self.quantities)
+        if self.default_momentum is None and running:
+            raise ValueError("conventions.default_momentum is None (no running update) but quantities name "
+                             + ", ".join(sorted(running)))
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return asdict(self)
+        """JSON-ready form (enums are strings)."""
+        d = asdict(self)
+        d["refusals"] = [r.to_dict() for r in self.refusals]
+        return {k: (str(v) if k in _TYPED else v) for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Conventions":
+        """The record of a to_dict() (as stored with a run); unknown keys are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
     def to_framework_momentum(self, canonical: float) -> float:
         """Translate canonical momentum (weight of the new statistic) into this target's form."""
-        return canonical if self.momentum == "new" else 1.0 - canonical
+        return canonical if self.momentum == MomentumForm.NEW else 1.0 - canonical
+
+
+_TYPED = {"momentum": MomentumForm, "running_var": RunningVar, "eps_placement": EpsPlacement,
+          "variance_algorithm": VarianceAlgorithm, "bessel": BesselRule, "accumulation": Accumulation,
+          "summation": Summation, "statistics_dtype": StatisticsDtype, "elementwise": Elementwise,
+          "subnormals": Subnormals, "parameter_precision": ParameterPrecision}
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from .base import Conventions
+from .base import (Accumulation, Conventions, ParameterPrecision, StatisticsDtype, Subnormals, VarianceAlgorithm)
 from .kernel import PathTarget
 
 _EQX = "equinox/nn/_batch_norm.py (equinox 0.13.8, the same file at the repository's head, checked)"
@@ -46,14 +46,11 @@ EMA_CONVENTIONS = Conventions(
     eps_placement="inside_sqrt",
     default_eps=1e-5,
     default_momentum=0.99,
-    variance_algorithm="two-pass: per-example means averaged over the batch axis (pmean), then the mean of "
-                       "squared deviations from that mean, clipped at 0",
-    accumulation="the input dtype: _stats takes jnp.mean of the half array (the mean comes back in the half "
-                 "dtype) and forms the squared deviations in it; float32 parameters then promote the "
-                 "normalisation (and y) to float32; float64 for float64. Measured (mode 'batch', float16 input, "
-                 "float32 parameters, n = 200): y ratio 22, running_var 68",
-    parameter_precision="eps and momentum are static Python floats, weak-typed constants of the computation "
-                        "dtype; the weight of the batch statistic is (1 - momentum), formed in Python float64",
+    variance_algorithm=VarianceAlgorithm.TWO_PASS,
+    accumulation=Accumulation.FLOAT32_OR_WIDER,
+    statistics_dtype=StatisticsDtype.INPUT,
+    subnormals=Subnormals.FLUSHED,
+    parameter_precision=ParameterPrecision.INPUT_DTYPE,
     dtypes=("float16", "bfloat16", "float32", "float64"),
     param_dtypes="same-or-float32",
     ranks=(2, 3, 4, 5),
@@ -62,7 +59,15 @@ EMA_CONVENTIONS = Conventions(
     untracked=True,
     gradients=True,
     quantities=("y", "running_mean", "running_var", "dx", "dgamma", "dbeta"),
-    notes=_COMMON_NOTES + " mode='ema': a training call blends the batch statistics into the running pair, "
+    notes=(
+        'Variance: two-pass: per-example means averaged over the batch axis (pmean), then the mean of squared'
+        ' deviations from that mean, clipped at 0. Arithmetic: the input dtype: _stats takes jnp.mean of the '
+        'half array (the mean comes back in the half dtype) and forms the squared deviations in it; float32 '
+        'parameters then promote the normalisation (and y) to float32; float64 for float64. Measured (mode '
+        "'batch', float16 input, float32 parameters, n = 200): y ratio 22, running_var 68. Parameters: eps "
+        'and momentum are static Python floats, weak-typed constants of the computation dtype; the weight of '
+        'the batch statistic is (1 - momentum), formed in Python float64. '
+    ) + _COMMON_NOTES + " mode='ema': a training call blends the batch statistics into the running pair, "
           "new = (1 - momentum) * batch + momentum * running (biased variance), stores it AND normalises y with "
           "the blended pair, not with the batch statistics (equinox: 'exponential running means and variances "
           "are kept'); on a fresh state's first call (first_time) it uses and stores the batch statistics. "

@@ -14,7 +14,8 @@ import os
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from .base import Conventions
+from .base import (Accumulation, Conventions, EpsPlacement, MomentumForm, ParameterPrecision, RunningVar, Subnormals,
+                   Summation, VarianceAlgorithm)
 from .kernel import PathTarget
 
 _KERAS = "keras/src/layers/normalization/batch_normalization.py (keras 3.15)"
@@ -104,17 +105,20 @@ def probe() -> dict[str, Any]:
     return {"version": keras.__version__, "devices": devices, "details": details}
 
 
-def _conventions(variance_algorithm: str, accumulation: str, parameter_precision: str, notes: str,
+def _conventions(variance_algorithm: VarianceAlgorithm, accumulation: Accumulation, summation: Summation,
+                 subnormals: Subnormals, parameter_precision: ParameterPrecision, notes: str,
                  sources: tuple[str, ...]) -> Conventions:
     """The conventions the three backends share, with their own arithmetic facts."""
     return Conventions(
-        momentum="old",
-        running_var="biased",
-        eps_placement="inside_sqrt",
+        momentum=MomentumForm.OLD,
+        running_var=RunningVar.BIASED,
+        eps_placement=EpsPlacement.INSIDE,
         default_eps=1e-3,
         default_momentum=0.99,
         variance_algorithm=variance_algorithm,
         accumulation=accumulation,
+        summation=summation,
+        subnormals=subnormals,
         parameter_precision=parameter_precision,
         dtypes=("float16", "bfloat16", "float32", "float64"),
         param_dtypes="same-or-float32",
@@ -133,10 +137,12 @@ _PARAMS_F32 = ("epsilon and momentum are Python floats that meet float32 tensors
                "as float32 values (1 - momentum is formed in Python float64 first)")
 
 TF_CONVENTIONS = _conventions(
-    "two-pass (tf.nn.moments: mean, then mean of squared deviations)",
-    "float32 for float16/bfloat16/float32 inputs (call() upcasts), float64 for float64",
-    _PARAMS_F32 + "; float64 in a float64 layer",
-    _NOTES,
+    VarianceAlgorithm.TWO_PASS, Accumulation.FLOAT32_OR_WIDER, Summation.SEQUENTIAL, Subnormals.FLUSHED,
+    ParameterPrecision.INPUT_DTYPE,
+    "Variance: two-pass (tf.nn.moments: mean, then mean of squared deviations; TensorFlow's CPU reduction over "
+    "the batch axis is sequential). Arithmetic: float32 for float16/bfloat16/float32 inputs (call() upcasts), "
+    "float64 for float64. " + _PARAMS_F32 + "; float64 in a float64 layer. Subnormal float32 inputs are flushed "
+    "to zero (measured: hazards suite, subnormal-inputs). " + _NOTES,
     _TF_SOURCES,
 )
 
@@ -159,9 +165,7 @@ _XLA_SOURCES = (
 
 TF_XLA_CONVENTIONS = replace(
     TF_CONVENTIONS,
-    variance_algorithm="two-pass (tf.nn.moments traced and compiled by XLA); XLA's CPU reduction does not add "
-                       "the batch rows one after another as TensorFlow's eager kernel does, so large float32 "
-                       "batches at a large offset stay within the bound where tf.keras deviates (measured)",
+    summation=Summation.UNSPECIFIED,  # XLA's CPU reduction, not the eager kernel's sequential one (measured)
     notes=_NOTES.replace("Eager execution (what layer(x, training=...) runs); model.fit() jit-compiles on TF/JAX by "
                          "default, which may fuse differently.",
                          "The layer call, with its tf.GradientTape, is traced into tf.function(jit_compile=True) "
@@ -170,26 +174,32 @@ TF_XLA_CONVENTIONS = replace(
                          "per signature (shape, layout, dtypes, eps, momentum, affine, gradients, training or "
                          "evaluation), kept in the worker and reused, its four variables assigned from each case "
                          "before the call; the moving statistics are read after each compiled training call.")
-    + " eps and momentum are baked into the trace as constants.",
+    + " eps and momentum are baked into the trace as constants. Variance: two-pass (tf.nn.moments traced and "
+    "compiled by XLA); XLA's CPU reduction does not add the batch rows one after another as TensorFlow's eager "
+    "kernel does, so large float32 batches at a large offset stay within the bound where tf.keras deviates "
+    "(measured). Subnormal float32 inputs are flushed to zero.",
     sources=_TF_SOURCES + _XLA_SOURCES,
 )
 
 JAX_CONVENTIONS = _conventions(
-    "two-pass (jnp.var)",
-    "float32 for every input dtype, float64 included (Keras maps float64 to float32 in result_type)",
-    _PARAMS_F32 + ", float64 layers included",
-    _NOTES + _F64_NOTE + " Runs with jax_enable_x64 on (set by the worker before the first array). "
+    VarianceAlgorithm.TWO_PASS, Accumulation.FLOAT32, Summation.UNSPECIFIED, Subnormals.FLUSHED,
+    ParameterPrecision.FLOAT32_ATTRIBUTES,
+    "Variance: two-pass (jnp.var). Arithmetic: float32 for every input dtype, float64 included (Keras maps "
+    "float64 to float32 in result_type). " + _PARAMS_F32 + ", float64 layers included. XLA flushes subnormal "
+    "float32 inputs to zero (measured: hazards suite, subnormal-inputs). " + _NOTES + _F64_NOTE +
+    " Runs with jax_enable_x64 on (set by the worker before the first array). "
     "Gradients and training use Layer.stateless_call under jax.vjp, as the Keras JAX trainer does, and the "
     "returned moving statistics are assigned back to the layer.",
     _JAX_SOURCES,
 )
 
 TORCH_CONVENTIONS = _conventions(
-    "one-pass E[x^2]-E[x]^2 (keras torch backend nn.moments)",
-    "float32 for every input dtype, float64 included (Keras maps float64 to float32 in result_type)",
-    _PARAMS_F32 + ", float64 layers included",
-    _NOTES + _F64_NOTE + " The one-pass variance cancels catastrophically when |mean| >> std (and can go "
-    "negative, giving NaN).",
+    VarianceAlgorithm.ONE_PASS, Accumulation.FLOAT32, Summation.BLOCKED, Subnormals.PRESERVED,
+    ParameterPrecision.FLOAT32_ATTRIBUTES,
+    "Variance: one-pass E[x^2]-E[x]^2 (keras torch backend nn.moments), not clamped. Arithmetic: float32 for "
+    "every input dtype, float64 included (Keras maps float64 to float32 in result_type). " + _PARAMS_F32 +
+    ", float64 layers included. " + _NOTES + _F64_NOTE + " The one-pass variance cancels catastrophically when "
+    "|mean| >> std (and can go negative, giving NaN).",
     _TORCH_SOURCES,
 )
 

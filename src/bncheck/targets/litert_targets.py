@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from ..cases import Case
-from .base import Conventions
+from .base import (Accumulation, Conventions, ParameterPrecision)
 from .kernel import PathTarget
 
 _LITE = "tensorflow/lite/python/lite.py (TF 2.21)"
@@ -55,11 +55,8 @@ LITERT_CONVENTIONS = Conventions(
     eps_placement="inside_sqrt",
     default_eps=1e-3,  # the Keras layer's
     default_momentum=0.99,
-    variance_algorithm="none measured: inference only, with the given moving variance",
-    accumulation="float32 constants; a float16 model casts its input to float32, computes MUL and ADD in "
-                 "float32 and casts y back to float16",
-    parameter_precision="eps and the parameters enter the folded constants, computed in float32 by the "
-                        "converter (float16 parameters are widened exactly first)",
+    accumulation=Accumulation.FLOAT32_OR_WIDER,
+    parameter_precision=ParameterPrecision.FLOAT32_ATTRIBUTES,
     dtypes=("float16", "float32"),
     param_dtypes="same-or-float32",
     ranks=(2, 3, 4, 5),
@@ -68,7 +65,12 @@ LITERT_CONVENTIONS = Conventions(
     untracked=False,
     gradients=False,
     quantities=("y",),
-    notes=_NOTES + " float32 and float16 cases convert a model of the case's dtype (policy 'mixed_float16' "
+    notes=(
+        'Variance: none measured: inference only, with the given moving variance. Arithmetic: float32 '
+        'constants; a float16 model casts its input to float32, computes MUL and ADD in float32 and casts y '
+        'back to float16. Parameters: eps and the parameters enter the folded constants, computed in float32 '
+        'by the converter (float16 parameters are widened exactly first). '
+    ) + _NOTES + " float32 and float16 cases convert a model of the case's dtype (policy 'mixed_float16' "
           "for float16 input with float32 parameters, as the tf.keras path builds it).",
     sources=_SOURCES + (
         "experiment (tests/test_litert_targets.py): float32 and float16 evaluation pass under these conventions "
@@ -78,12 +80,14 @@ LITERT_CONVENTIONS = Conventions(
 
 LITERT_FP16_CONVENTIONS = replace(
     LITERT_CONVENTIONS,
-    accumulation="float32: the float16 constants are dequantized to float32 at load and MUL/ADD run in float32 "
-                 "on float32 input; y is float32",
-    parameter_precision="the folded constants (rsqrt(var + eps) * gamma and beta - mean * that, float32 at "
-                        "conversion) are stored rounded to float16",
+    accumulation=Accumulation.FLOAT32_OR_WIDER,
+    parameter_precision=ParameterPrecision.FLOAT32_ATTRIBUTES,
     dtypes=("float16",),
-    notes=_NOTES + " float16 weights: a float32 model of the case's parameters converted with float16 "
+    notes=(
+        'Arithmetic: float32: the float16 constants are dequantized to float32 at load and MUL/ADD run in '
+        'float32 on float32 input; y is float32. Parameters: the folded constants (rsqrt(var + eps) * gamma '
+        'and beta - mean * that, float32 at conversion) are stored rounded to float16. '
+    ) + _NOTES + " float16 weights: a float32 model of the case's parameters converted with float16 "
           "post-training quantization, which keeps float32 input and output; it is judged on float16 cases (the "
           "precision it keeps: the constants are float16), the half input values fed exactly as float32 and y "
           "returned in float32. Measured: with float16 parameters it passes (y ratio 0.26); with float32 "

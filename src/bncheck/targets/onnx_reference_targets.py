@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ..cases import Case
-from .base import Conventions
+from .base import (Accumulation, Conventions, Elementwise, ParameterPrecision, StatisticsDtype, Summation,
+                   VarianceAlgorithm)
 from .kernel import PathTarget
 
 _REF = "onnx/reference/ops/op_batch_normalization.py (onnx 1.23)"
@@ -67,11 +68,12 @@ def _conventions(modes: tuple[str, ...], param_dtypes: str) -> Conventions:
         eps_placement="inside_sqrt",
         default_eps=1e-5,
         default_momentum=0.9,
-        variance_algorithm="two-pass (NumPy x.mean, x.var: pairwise summation)",
-        accumulation="NumPy in the dtype of the operands (promoted); float16 reductions use float32 "
-                     "intermediates and are rounded to float16; the normalisation of all-float16 cases runs in "
-                     "float16 arithmetic",
-        parameter_precision="epsilon and momentum are float32 attributes",
+        variance_algorithm=VarianceAlgorithm.TWO_PASS,
+        summation=Summation.PAIRWISE,
+        accumulation=Accumulation.FLOAT32_OR_WIDER,
+        statistics_dtype=StatisticsDtype.INPUT,
+        elementwise=Elementwise.INPUT_DTYPE,
+        parameter_precision=ParameterPrecision.FLOAT32_ATTRIBUTES,
         dtypes=("float16", "float32", "float64"),
         param_dtypes=param_dtypes,
         ranks=(2, 3, 4, 5),
@@ -80,7 +82,12 @@ def _conventions(modes: tuple[str, ...], param_dtypes: str) -> Conventions:
         untracked=False,
         gradients=False,
         quantities=("y", "running_mean", "running_var"),
-        notes=_NOTES,
+        notes=(
+            'Variance: two-pass (NumPy x.mean, x.var: pairwise summation). Arithmetic: NumPy in the dtype of the '
+            'operands (promoted); float16 reductions use float32 intermediates and are rounded to float16; the '
+            'normalisation of all-float16 cases runs in float16 arithmetic. Parameters: epsilon and momentum are '
+            'float32 attributes. '
+        ) + _NOTES,
         sources=_SOURCES,
     )
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from .base import Conventions
+from .base import (Accumulation, Conventions, EpsPlacement, MomentumForm, ParameterPrecision, RunningVar,
+                   VarianceAlgorithm)
 from .kernel import PathTarget
 
 _SOURCES = (
@@ -49,14 +50,14 @@ def probe() -> dict[str, Any]:
 def _conventions(modes: tuple[str, ...], param_dtypes: str) -> Conventions:
     """The conventions shared by the three families, with their modes and parameter typing."""
     return Conventions(
-        momentum="old",
-        running_var="biased",
-        eps_placement="inside_sqrt",
+        momentum=MomentumForm.OLD,
+        running_var=RunningVar.BIASED,
+        eps_placement=EpsPlacement.INSIDE,
         default_eps=1e-5,
         default_momentum=0.9,
-        variance_algorithm="two-pass",
-        accumulation="in the input dtype (float32, float64); float16 is cast to float32 by ORT, so float32",
-        parameter_precision="epsilon and momentum are float32 attributes",
+        variance_algorithm=VarianceAlgorithm.TWO_PASS,
+        accumulation=Accumulation.FLOAT32_OR_WIDER,  # in T (float32, float64); float16 runs as float32 (inserted Casts)
+        parameter_precision=ParameterPrecision.FLOAT32_ATTRIBUTES,
         dtypes=("float16", "float32", "float64"),
         param_dtypes=param_dtypes,
         ranks=(2, 3, 4, 5),

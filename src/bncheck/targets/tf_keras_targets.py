@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 
 from ..cases import Case
 from ..inputs import Inputs
-from .base import Conventions, Observation, Unsupported
+from .base import (Accumulation, BesselRule, Conventions, Observation, ParameterPrecision, Subnormals, Summation,
+                   Unsupported, VarianceAlgorithm)
 from .kernel import PathTarget
 
 _TF_KERAS = "tf_keras/src/layers/normalization/batch_normalization.py (tf_keras 2.21.0)"
@@ -46,11 +47,12 @@ FUSED_CONVENTIONS = Conventions(
     eps_placement="inside_sqrt",
     default_eps=1e-3,
     default_momentum=0.99,
-    variance_algorithm="FusedBatchNormV3's CPU kernel, as tf.fused: two-pass, sums over the batch axis added "
-                       "row after row into one float32 accumulator per channel",
-    accumulation="float32 (FusedBatchNormV3's U) for float16/bfloat16/float32 inputs",
-    parameter_precision="epsilon and exponential_avg_factor = 1 - momentum reach the kernel as float32 "
-                        "attributes (1 - (1 - m) formed in Python float64 first)",
+    variance_algorithm=VarianceAlgorithm.TWO_PASS,
+    bessel=BesselRule.CLAMPED,
+    summation=Summation.SEQUENTIAL,
+    subnormals=Subnormals.FLUSHED,
+    accumulation=Accumulation.FLOAT32_OR_WIDER,
+    parameter_precision=ParameterPrecision.FLOAT32_ATTRIBUTES,
     dtypes=("float16", "bfloat16", "float32"),
     param_dtypes="same-or-float32",
     ranks=(4, 5),
@@ -59,7 +61,12 @@ FUSED_CONVENTIONS = Conventions(
     untracked=False,
     gradients=True,
     quantities=("y", "running_mean", "running_var", "dx", "dgamma", "dbeta"),
-    notes=_NOTES + " fused=True: the layer calls tf.compat.v1.nn.fused_batch_norm (FusedBatchNormV3; NCHW/NCDHW "
+    notes=(
+        "Variance: FusedBatchNormV3's CPU kernel, as tf.fused: two-pass, sums over the batch axis added row "
+        "after row into one float32 accumulator per channel. Arithmetic: float32 (FusedBatchNormV3's U) for "
+        'float16/bfloat16/float32 inputs. Parameters: epsilon and exponential_avg_factor = 1 - momentum reach'
+        ' the kernel as float32 attributes (1 - (1 - m) formed in Python float64 first). '
+    ) + _NOTES + " fused=True: the layer calls tf.compat.v1.nn.fused_batch_norm (FusedBatchNormV3; NCHW/NCDHW "
           "for axis 1, NHWC/NDHWC for the last axis) and, executing eagerly, lets the kernel update the moving "
           "statistics itself (exponential_avg_factor = 1 - momentum): the moving variance is fed the kernel's "
           "Bessel-corrected batch variance (_bessels_correction_test_only=True leaves it so), while y is "
@@ -80,16 +87,21 @@ FUSED_CONVENTIONS = Conventions(
 UNFUSED_CONVENTIONS = replace(
     FUSED_CONVENTIONS,
     running_var="biased",
-    variance_algorithm="two-pass (tf.nn.moments of the input cast to float32/float64: reduce_mean, then "
-                       "reduce_mean of squared_difference; TensorFlow's CPU reduction adds rows one after another)",
-    accumulation="float32 for float16/bfloat16 inputs (call() casts them to float32 first), else the input dtype",
-    parameter_precision="epsilon is a Python float converted to the variance dtype; the moving update is "
-                        "var.assign_sub((var - batch) * decay) with decay = tf.convert_to_tensor(1 - momentum), a "
-                        "float32 tensor, cast to the variable's dtype afterwards: a float64 layer updates with "
-                        "the float32-rounded momentum (0.1 arrives as 0.10000000149)",
+    variance_algorithm=VarianceAlgorithm.TWO_PASS,
+    bessel=BesselRule.N_MINUS_1,
+    accumulation=Accumulation.FLOAT32_OR_WIDER,
+    parameter_precision=ParameterPrecision.INPUT_DTYPE,
     dtypes=("float16", "bfloat16", "float32", "float64"),
     ranks=(2, 3, 4, 5),
-    notes=_NOTES + " fused=False: call() casts half inputs to float32, takes (mean, variance) = "
+    notes=(
+        'Variance: two-pass (tf.nn.moments of the input cast to float32/float64: reduce_mean, then '
+        "reduce_mean of squared_difference; TensorFlow's CPU reduction adds rows one after another). "
+        'Arithmetic: float32 for float16/bfloat16 inputs (call() casts them to float32 first), else the input'
+        ' dtype. Parameters: epsilon is a Python float converted to the variance dtype; the moving update is '
+        'var.assign_sub((var - batch) * decay) with decay = tf.convert_to_tensor(1 - momentum), a float32 '
+        "tensor, cast to the variable's dtype afterwards: a float64 layer updates with the float32-rounded "
+        'momentum (0.1 arrives as 0.10000000149). '
+    ) + _NOTES + " fused=False: call() casts half inputs to float32, takes (mean, variance) = "
           "tf.nn.moments (biased), updates moving = moving - (moving - batch) * (1 - momentum) (assign_sub), and "
           "normalises with tf.nn.batch_normalization (folded: x * (rsqrt(var + eps) * gamma) + (beta - mean * "
           "inv)); y is cast back to the half dtype.",

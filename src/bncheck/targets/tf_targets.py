@@ -12,8 +12,8 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from ..cases import Case
-from ..inputs import Inputs
-from .base import Conventions, Observation, Unsupported
+from .base import (Accumulation, BesselRule, Conventions, Elementwise, EpsPlacement, ParameterPrecision, Refusal,
+                   RefusalCondition, StatisticsDtype, Subnormals, Summation, VarianceAlgorithm)
 from .kernel import PathTarget
 
 TF_NN_CONVENTIONS = Conventions(
@@ -22,18 +22,16 @@ TF_NN_CONVENTIONS = Conventions(
     # statistics are refused), "biased" naming the only batch variance tf.nn exposes (tf.nn.moments)
     momentum="new",
     running_var="biased",
-    eps_placement="inside_sqrt",
+    eps_placement=EpsPlacement.INSIDE,
     default_eps=None,  # tf.nn.batch_normalization requires variance_epsilon
     default_momentum=None,  # no running update, no momentum
-    variance_algorithm="two-pass: mean = reduce_mean(x), var = reduce_mean(squared_difference(x, mean)); the "
-                       "CPU reduction over the batch axis adds row after row into one accumulator per channel "
-                       "(sequential summation, error growing like n*u)",
-    accumulation="float16 input: cast to float32 for the moments, which are cast back to float16; bfloat16: not "
-                 "upcast: squared differences are rounded to bfloat16 and both moments are returned in bfloat16 "
-                 "(the reduction itself accumulates in float32); float32/float64: in the input dtype. Gradient "
-                 "reductions of half inputs round partial sums to the half dtype",
-    parameter_precision="variance_epsilon is a Python float converted to the dtype of the variance "
-                        "(float16 for all-float16 cases); no momentum",
+    variance_algorithm=VarianceAlgorithm.TWO_PASS,
+    accumulation=Accumulation.FLOAT32_OR_WIDER,
+    summation=Summation.SEQUENTIAL,
+    statistics_dtype=StatisticsDtype.INPUT,
+    elementwise=Elementwise.INPUT_DTYPE,
+    subnormals=Subnormals.FLUSHED,
+    parameter_precision=ParameterPrecision.INPUT_DTYPE,
     dtypes=("float16", "bfloat16", "float32", "float64"),
     param_dtypes="same-or-float32",
     ranks=(2, 3, 4, 5),
@@ -43,6 +41,14 @@ TF_NN_CONVENTIONS = Conventions(
     gradients=True,
     quantities=("y", "batch_mean", "batch_var", "dx", "dgamma", "dbeta"),
     notes=(
+        "Variance: two-pass, mean = reduce_mean(x), var = reduce_mean(squared_difference(x, mean)); the CPU "
+        "reduction over the batch axis adds row after row into one accumulator per channel (sequential "
+        "summation, error growing like n*u). Arithmetic: float16 input is cast to float32 for the moments, "
+        "which are cast back to float16; bfloat16 is not upcast: squared differences are rounded to bfloat16 "
+        "and both moments are returned in bfloat16 (the reduction itself accumulates in float32); float32/"
+        "float64 in the input dtype; gradient reductions of half inputs round partial sums to the half dtype. "
+        "variance_epsilon is a Python float converted to the dtype of the variance (float16 for all-float16 "
+        "cases). Subnormal float32 inputs are flushed to zero (measured: hazards suite, subnormal-inputs). "
         "Training phases: mean, var = tf.nn.moments(x, axes=all but the channel axis, keepdims=True), then "
         "tf.nn.batch_normalization(x, mean, var, beta, gamma, eps); evaluation: the same call with the given "
         "running statistics (or with batch moments when the case has none). tf.nn has no running-statistics "
@@ -69,18 +75,24 @@ TF_NN_CONVENTIONS = Conventions(
 TF_FUSED_CONVENTIONS = Conventions(
     momentum="new",  # exponential_avg_factor weights the NEW batch statistic
     running_var="unbiased",
-    eps_placement="inside_sqrt",
+    eps_placement=EpsPlacement.INSIDE,
     default_eps=1e-4,  # FusedBatchNormV3 attr epsilon default (tf.compat.v1.nn.fused_batch_norm uses 1e-3)
     default_momentum=1.0,  # exponential_avg_factor default: running statistics = this batch's statistics
-    variance_algorithm="two-pass (Eigen CPU kernel: sum(x) * (1/n), then sum((x - mean)^2) * (1/n)); the sums "
-                       "over the batch axis are sequential (one float32 accumulator per channel, error growing "
-                       "like n*u); the oneDNN NHWC float32 kernel sums more accurately",
-    accumulation="float32 (U) for float16/bfloat16 inputs; x is cast to float32 before every reduction",
-    parameter_precision="epsilon and exponential_avg_factor are float32 attributes; 1/n is a float32 "
-                        "reciprocal multiplied in; the Bessel factor n/(n-1) is a float32",
-    dtypes=("float16", "bfloat16", "float32"),
-    param_dtypes="same-or-float32",  # refined by supports(): U (scale, offset, mean, variance) is always float32
-    ranks=(4, 5),
+    variance_algorithm=VarianceAlgorithm.TWO_PASS,
+    bessel=BesselRule.CLAMPED,  # n / max(n - 1, 1): measured finite running variance for one value per channel
+    accumulation=Accumulation.FLOAT32_OR_WIDER,
+    summation=Summation.SEQUENTIAL,
+    subnormals=Subnormals.FLUSHED,
+    parameter_precision=ParameterPrecision.FLOAT32_ATTRIBUTES,
+    refusals=(
+        Refusal(RefusalCondition.RANK_NOT_4_OR_5, "InvalidArgumentError", "input must be 4"),  # "4-" or "4 or 5-dimensional"
+        Refusal(RefusalCondition.FLOAT64, "InvalidArgumentError", "of double is not in the list of allowed values"),
+        Refusal(RefusalCondition.PARAMETERS_NOT_FLOAT32, "InvalidArgumentError", "Value for attr 'U'"),
+        Refusal(RefusalCondition.PARAMETERS_NOT_FLOAT32, "NotFoundError", "Could not find device for node"),
+    ),
+    dtypes=("float16", "bfloat16", "float32", "float64"),  # float64 is run: the kernel refuses it
+    param_dtypes="any",  # U is passed as the case's parameter dtype: the kernel refuses all but float32
+    ranks=(2, 3, 4, 5),  # ranks 2 and 3 are run: the kernel refuses them
     layouts=("channels_first", "channels_last"),
     modes=("train", "eval"),
     untracked=True,
@@ -88,6 +100,14 @@ TF_FUSED_CONVENTIONS = Conventions(
     quantities=("y", "batch_mean", "batch_var", "running_mean", "running_var", "dx", "dgamma", "dbeta"),
     optional_quantities=("batch_var_unbiased",),
     notes=(
+        "Variance: two-pass (Eigen CPU kernel: sum(x) * (1/n), then sum((x - mean)^2) * (1/n)); the sums over the "
+        "batch axis are sequential (one float32 accumulator per channel, error growing like n*u); the oneDNN "
+        "NHWC float32 kernel sums more accurately. Arithmetic: float32 (U) for float16/bfloat16 inputs; x is "
+        "cast to float32 before every reduction. epsilon and exponential_avg_factor are float32 attributes; 1/n "
+        "is a float32 reciprocal multiplied in; the Bessel factor n/(n-1) is a float32. Subnormal float32 inputs "
+        "are flushed to zero (measured: hazards suite, subnormal-inputs). The kernel refuses float64 (T in half, "
+        "bfloat16, float), parameters other than float32 (U: attr check for half and double, no kernel for "
+        "bfloat16) and ranks 2 and 3; those cases are run and recorded as refused. "
         "tf.raw_ops.FusedBatchNormV3 with data_format NHWC/NDHWC for channels_last and NCHW/NCDHW for "
         "channels_first (accepted natively; the Eigen CPU kernel transposes NCHW to NHWC internally and "
         "reshapes 5-D to 4-D, both exact). Training phases: is_training=True with "
@@ -125,18 +145,16 @@ TF_FUSED_CONVENTIONS = Conventions(
 
 TF_NN_XLA_CONVENTIONS = replace(
     TF_NN_CONVENTIONS,
-    variance_algorithm="two-pass, as tf.nn (reduce_mean, then reduce_mean of squared_difference), compiled by "
-                       "XLA: its CPU reduction does not add the batch rows one after another as the eager kernel "
-                       "does, so large float32 batches at a large offset stay within the bound where tf.nn "
-                       "deviates (measured)",
-    accumulation="forward as tf.nn: float16 input cast to float32 for the moments, which are cast back to "
-                 "float16, bfloat16 moments in bfloat16, y formed in half arithmetic from half coefficients; "
-                 "float32/float64 in the input dtype. The compiled gradient reductions of half inputs lose less "
-                 "than eager's (measured: float16 with float32 parameters, dbeta ratio 9.9 against eager's 72.7)",
+    summation=Summation.UNSPECIFIED,  # XLA's CPU reduction, not the eager kernel's row after row (measured below)
     notes=TF_NN_CONVENTIONS.notes + " Under XLA: every phase is traced into tf.function(jit_compile=True) with "
           "its tf.GradientTape and compiled; one traced function per signature (shape, layout, dtypes, eps, "
           "affine, tracking, gradients, training or evaluation), kept in the worker and reused by every case "
-          "with that signature; eps is baked into the trace as a constant.",
+          "with that signature; eps is baked into the trace as a constant. Variance: two-pass, as tf.nn, but "
+          "XLA's CPU reduction does not add the batch rows one after another as the eager kernel does, so large "
+          "float32 batches at a large offset stay within the bound where tf.nn deviates (measured). Forward "
+          "arithmetic as tf.nn (half moments, y formed in half arithmetic from half coefficients); the compiled "
+          "gradient reductions of half inputs lose less than eager's (measured: float16 with float32 parameters, "
+          "dbeta ratio 9.9 against eager's 72.7).",
     sources=TF_NN_CONVENTIONS.sources + (
         "https://www.tensorflow.org/api_docs/python/tf/function (jit_compile=True compiles with XLA or fails)",
         "experiment (tests/test_tf_xla_targets.py): 65536 values of 1e4 + N(0, 1) per channel: tf.nn batch_mean "
@@ -222,25 +240,6 @@ class TfFused(_TfBase):
     )
     conventions: ClassVar[Conventions] = TF_FUSED_CONVENTIONS
     fused: ClassVar[bool] = True
-
-    def supports(self, case: Case) -> str | None:
-        """The kernel's own limits: 4-D/5-D input, T in half/bfloat16/float32, float32 parameters."""
-        if len(case.shape) not in (4, 5):
-            return (f"FusedBatchNormV3 takes only 4-D or 5-D input ('input must be 4 or 5-dimensional'); "
-                    f"rank {len(case.shape)} is not reshaped")
-        if case.dtype == "float64" or case.param_dtype == "float64":
-            return "FusedBatchNormV3 has no float64 kernel (T in half, bfloat16, float; U = float)"
-        if case.param_dtype != "float32":
-            return (f"FusedBatchNormV3 takes scale/offset/mean/variance in float32 only (U = float), "
-                    f"case has {case.param_dtype}")
-        return super().supports(case)
-
-    def run(self, case: Case, inputs: Inputs) -> Observation:
-        """The path, after the kernel's limits (normally refused in the parent already: a rank is never reshaped)."""
-        reason = self.supports(case)
-        if reason:
-            raise Unsupported(reason)
-        return super().run(case, inputs)
 
 
 class TfNnXla(TfNn):

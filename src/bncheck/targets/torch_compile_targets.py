@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ..cases import Case
-from .base import Conventions
+from .base import (Accumulation, Conventions, ParameterPrecision, Refusal, RefusalCondition, VarianceAlgorithm)
 from .kernel import PathTarget
 
 _DECOMP = "torch/_decomp/decompositions.py (torch 2.13): native_batch_norm_helper"
@@ -24,14 +23,14 @@ CONVENTIONS = Conventions(
     eps_placement="inside_sqrt",
     default_eps=1e-5,
     default_momentum=0.1,
-    variance_algorithm="var_mean(correction=0) lowered by Inductor: two-pass sums (var_mean_sum_) when the static "
-                       "reduction size per channel is at most config.cpp.use_two_step_variance_threshold = 1024 "
-                       "elements, a Welford reduction above it (and for any symbolic size); the running variance "
-                       "is biased_var * (n / (n - 1)), not eager's direct division by n - 1",
-    accumulation="float32 (get_computation_dtype) for float16/bfloat16 inputs: statistics from input.to(float32), "
-                 "output (input - mean) * rstd promoted to float32 and cast back once",
-    parameter_precision="eps, momentum and n/(n-1) are Python floats folded into the generated C++ as constants "
-                        "of the computation dtype",
+    variance_algorithm=VarianceAlgorithm.TWO_PASS,
+    accumulation=Accumulation.FLOAT32_OR_WIDER,
+    # torch's own refusals, run (measured 2026-12-03: Dynamo runs torch.nn.functional.batch_norm on fake tensors while tracing and wraps its ValueError, whose message keeps torch's text)
+    refusals=(
+        Refusal(RefusalCondition.ONE_VALUE_PER_CHANNEL_TRAINING, "TorchRuntimeError", "Expected more than 1 value per channel"),
+        Refusal(RefusalCondition.EPS_ZERO_TRAINING, "TorchRuntimeError", "eps must be positive"),
+    ),
+    parameter_precision=ParameterPrecision.INPUT_DTYPE,
     dtypes=("float16", "bfloat16", "float32", "float64"),
     param_dtypes="same-or-float32",
     ranks=(2, 3, 4, 5),
@@ -41,6 +40,14 @@ CONVENTIONS = Conventions(
     gradients=True,
     quantities=("y", "running_mean", "running_var", "dx", "dgamma", "dbeta"),
     notes=(
+        'Variance: var_mean(correction=0) lowered by Inductor: two-pass sums (var_mean_sum_) when the static '
+        'reduction size per channel is at most config.cpp.use_two_step_variance_threshold = 1024 elements, a '
+        'Welford reduction above it (and for any symbolic size); the running variance is biased_var * (n / (n'
+        " - 1)), not eager's direct division by n - 1. Arithmetic: float32 (get_computation_dtype) for "
+        'float16/bfloat16 inputs: statistics from input.to(float32), output (input - mean) * rstd promoted to'
+        ' float32 and cast back once. Parameters: eps, momentum and n/(n-1) are Python floats folded into the'
+        ' generated C++ as constants of the computation dtype. '
+    ) + (
         "torch.compile(module, dynamic=False) of a torch.nn.BatchNormNd (case eps, momentum, affine, tracking, "
         "parameter dtype), one compilation per (shape, dtypes, eps, momentum, affine, tracking) and mode (Dynamo "
         "guards on module.training), reused across cases by copying each case's parameters into the same tensors. "
@@ -93,11 +100,3 @@ class TorchCompile(PathTarget):
     path_modules: ClassVar[tuple[str, ...]] = ("torch_compile_bn",)
     path_entry: ClassVar[str] = "torch_compile_bn"
 
-    def supports(self, case: Case) -> str | None:
-        """The generic checks, plus the refusals of torch's module (checked in the decomposition's callers)."""
-        training = any(p != "eval" for p in case.phases) or not case.track_running_stats
-        if case.eps == 0 and training:
-            return "torch rejects eps=0 in training (ValueError: batch_norm eps must be positive)"
-        if case.per_channel == 1 and training:
-            return "torch refuses training on one value per channel (ValueError: Expected more than 1 value per channel)"
-        return super().supports(case)

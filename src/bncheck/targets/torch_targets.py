@@ -8,26 +8,36 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..cases import Case
-from .base import Conventions
+from .base import (Accumulation, Conventions, MomentumForm, ParameterPrecision, Refusal, RefusalCondition, RunningVar,
+                   Summation, VarianceAlgorithm)
 from .kernel import PathTarget
 
 TORCH_CONVENTIONS = Conventions(
-    momentum="new",
-    running_var="unbiased",
+    momentum=MomentumForm.NEW,
+    running_var=RunningVar.UNBIASED,
     default_eps=1e-5,
     default_momentum=0.1,
-    variance_algorithm="two-pass on CPU (batch_norm_cpu_collect_stats); Welford on CUDA",
-    accumulation="float32 (opmath) for float16/bfloat16 inputs",
-    parameter_precision="eps and momentum reach the kernel as float64",
+    variance_algorithm=VarianceAlgorithm.TWO_PASS,
+    accumulation=Accumulation.FLOAT32_OR_WIDER,
+    summation=Summation.BLOCKED,
+    parameter_precision=ParameterPrecision.FLOAT64,
+    refusals=(
+        Refusal(RefusalCondition.ONE_VALUE_PER_CHANNEL_TRAINING, "ValueError", "Expected more than 1 value per channel"),
+        Refusal(RefusalCondition.EPS_ZERO_TRAINING, "ValueError", "eps must be positive"),
+    ),
     param_dtypes="same-or-float32",
     quantities=("y", "batch_mean", "batch_invstd", "running_mean", "running_var", "dx", "dgamma", "dbeta"),
-    notes="In eval mode without running statistics, batch statistics normalise; "
-          "training needs more than one value per channel.",
+    notes="Variance: two-pass on CPU (batch_norm_cpu_collect_stats: vectorised partial sums per channel, "
+          "accumulated in opmath float32 for float16/bfloat16 inputs); Welford on CUDA. eps and momentum reach "
+          "the kernel as float64 (Python floats). In eval mode without running statistics, batch statistics "
+          "normalise. Training refuses one value per channel ('Expected more than 1 value per channel when "
+          "training') and eps = 0; both are run, and recorded as refused when torch raises.",
     sources=(
         "https://pytorch.org/docs/stable/generated/torch.nn.BatchNorm2d.html (momentum, unbiased running variance)",
         "aten/src/ATen/native/Normalization.cpp (batch_norm_cpu_update_stats_template)",
         "aten/src/ATen/native/cpu/batch_norm_kernel.cpp (collect stats, opmath accumulation)",
+        "torch/nn/functional.py: _verify_batch_size raises ValueError('Expected more than 1 value per channel when "
+        "training, got input size ...') and, in batch_norm, ValueError('batch_norm eps must be positive during training')",
     ),
 )
 
@@ -58,15 +68,6 @@ class _TorchBase(PathTarget):
     def path_options(self) -> dict[str, Any]:
         """The API (module or functional), the memory format and whether cuDNN is enabled."""
         return {"api": self.api, "channels_last": self.channels_last, "cudnn": self.cudnn}
-
-    def supports(self, case: Case) -> str | None:
-        """The generic checks, plus torch's refusal of eps = 0 in training."""
-        training = any(p != "eval" for p in case.phases) or not case.track_running_stats
-        if case.eps == 0 and training:
-            return "torch rejects eps=0 in training (ValueError: batch_norm eps must be positive)"
-        if case.per_channel == 1 and training:
-            return "torch refuses training on one value per channel (ValueError: Expected more than 1 value per channel)"
-        return super().supports(case)
 
 
 class TorchModule(_TorchBase):

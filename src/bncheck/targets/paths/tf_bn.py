@@ -31,10 +31,10 @@ def tf_numpy(t: Any) -> np.ndarray:
 
 def tf_data_format(case: dict) -> str:
     """The FusedBatchNormV3 data_format that matches the case's physical layout and rank."""
-    rank = len(case["shape"])
+    rank = len(case["shape"])  # ranks 2 and 3 get the 4-D formats: the kernel refuses them (they are not reshaped)
     if case["layout"] == "channels_last":
-        return "NHWC" if rank == 4 else "NDHWC"
-    return "NCHW" if rank == 4 else "NCDHW"
+        return "NDHWC" if rank == 5 else "NHWC"
+    return "NCDHW" if rank == 5 else "NCHW"
 
 
 def tf_bn_step(case: dict, fused: bool, training: bool, device: str) -> Callable:
@@ -47,7 +47,7 @@ def tf_bn_step(case: dict, fused: bool, training: bool, device: str) -> Callable
     ch = rank - 1 if case["layout"] == "channels_last" else 1
     axes = [a for a in range(rank) if a != ch]
     bshape = [C if a == ch else 1 for a in range(rank)]
-    pd = "float32" if fused else case["param_dtype"]  # the fused kernel takes float32 parameters only (U = float)
+    pd = case["param_dtype"]  # as the case says: the fused kernel itself refuses anything but float32 (U = float)
     batch = training or not tracked
     eps, momentum, grad = case["eps"], float(case["momentum"]), case["grad"]
 
@@ -57,13 +57,13 @@ def tf_bn_step(case: dict, fused: bool, training: bool, device: str) -> Callable
             tape.watch([x, *params])
             if fused:
                 if not affine:  # affine=false is fed as scale=1, offset=0
-                    gamma, beta = tf.ones([C], tf.float32), tf.zeros([C], tf.float32)
+                    gamma, beta = tf.ones([C], getattr(tf, pd)), tf.zeros([C], getattr(tf, pd))
                 # exponential_avg_factor weights the NEW batch statistic (bncheck's momentum); factor 1 and
                 # empty mean/variance when there are no running statistics
                 if batch and tracked:
                     mean, var, f = rm, rv, momentum
                 elif batch:
-                    mean, var, f = tf.zeros([0], tf.float32), tf.zeros([0], tf.float32), 1.0
+                    mean, var, f = tf.zeros([0], getattr(tf, pd)), tf.zeros([0], getattr(tf, pd)), 1.0
                 else:
                     mean, var, f = rm, rv, 1.0
                 res = tf.raw_ops.FusedBatchNormV3(
@@ -109,7 +109,7 @@ def tf_bn(case: dict, inputs: dict, phases: list, device: str, cache: dict, fuse
     import tensorflow as tf
 
     tracked, affine = case["track_running_stats"], case["affine"]
-    pd = "float32" if fused else case["param_dtype"]
+    pd = case["param_dtype"]
     gamma = beta = rm = rv = None
     out = {}
     with tf.device("/GPU:0" if device == "cuda" else "/CPU:0"):
