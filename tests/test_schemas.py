@@ -66,3 +66,27 @@ def test_baselines_bncheck_writes_fit_the_baseline_schema():
     assert not list(v.iter_errors(base))
     base["accepted"][0]["worst_ratio"] = -1
     assert list(v.iter_errors(base))
+
+
+def test_results_written_by_a_run_fit_the_results_schema_and_parse_typed(tmp_path):
+    """A real run (faulty plugin: a finding, an error) writes a results.json the schema and the typed model accept;
+    a document missing a required field is refused in one line."""
+    from bncheck.results import Results, ResultsError
+    from conftest import run_cli, write_jsonl
+
+    cases = write_jsonl(tmp_path / "c.jsonl", [{"shape": [6, 3, 4], "seed": s} for s in (1, 120, 101)])
+    r = run_cli("run", str(cases), "--targets", "faulty.*", "--plugin", "faulty_plugin", "--out", str(tmp_path / "o"))
+    assert r.returncode == 1, r.stderr
+    doc = json.loads((tmp_path / "o" / "results.json").read_text())
+    errors = sorted(validator("results").iter_errors(doc), key=str)
+    assert not errors, (list(errors[0].absolute_path), errors[0].message)
+    typed = Results.typed(doc)
+    assert typed.to_json() == doc and typed.findings and any(e.status == "error" for e in typed.executions)
+    del doc["findings"][0]["worst"]
+    with pytest.raises(ResultsError, match=r"findings\[0\]: \"worst\" is missing"):
+        Results.from_json(doc)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "results.json").write_text(json.dumps(doc))
+    r = run_cli("gate", "--baseline", str(tmp_path / "none.json"), str(bad))
+    assert r.returncode == 2 and "\"worst\" is missing" in r.stderr, r.stderr

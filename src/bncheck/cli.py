@@ -468,8 +468,12 @@ def _read_results(run_dir: str) -> tuple[dict[str, Any], Path]:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise Failure(f"{path}: not readable JSON ({getattr(e, 'msg', e)})", EXIT_USAGE) from None
-    if not isinstance(doc, dict) or doc.get("schema") != "bncheck.results":
-        raise Failure(f"{path}: not a bncheck results document (expected \"schema\": \"bncheck.results\")", EXIT_USAGE)
+    from .results import Results, ResultsError
+
+    try:
+        Results.from_json(doc)  # the required fields of every record, or one line naming the first missing one
+    except ResultsError as e:
+        raise Failure(f"{path}: {e}", EXIT_USAGE) from None
     return doc, path
 
 

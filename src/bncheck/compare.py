@@ -9,6 +9,7 @@ import numpy as np
 
 from .cases import Case
 from .dtypes import round_as_float64, ulp
+from .results import json_float
 from .reference import RUNNING_VAR_CONVENTIONS, Reference, phase_of, quantity_of
 from .targets.base import Conventions, Observation
 from .tolerance import output_dtype
@@ -56,21 +57,14 @@ class Verdict:
         d["channels"], d["convention"], d["matches"] = list(self.channels), self.convention, list(self.matches)
         d["quantity"], d["phase"] = self.quantity, self.phase
         for k in ("ratio", "max_abs", "max_rel", "max_ulp"):
-            d[k] = _json_float(d[k])
+            d[k] = json_float(d[k])
         for k in ("channel_ratios", "observed", "expected"):
-            d[k] = [_json_float(x) for x in getattr(self, k)]
+            d[k] = [json_float(x) for x in getattr(self, k)]
         return d
 
 
 _FIELDS = ("key", "passed", "ratio", "max_abs", "max_rel", "max_ulp", "nonfinite_mismatch", "note", "scale_ulp", "scale",
            "bound_max")
-
-
-def _json_float(x: float) -> float | str:
-    """A float for JSON: non-finite values as the strings 'inf', '-inf' and 'nan'."""
-    if x - x == 0.0:  # finite (inf - inf and nan - nan are nan)
-        return x
-    return "nan" if x != x else ("inf" if x > 0 else "-inf")
 
 
 class ElementErrors(NamedTuple):

@@ -54,6 +54,7 @@ from .cases import Case
 from .compare import ElementErrors, Verdict, elementwise_errors
 from .dtypes import min_normal
 from .inputs import Inputs
+from .results import json_float
 from .reference import Reference, _physical, _rows, compute_reference, inverse_std, phase_of, quantity_of
 from .targets.base import (Accumulation, BesselRule, Conventions, Elementwise, EpsPlacement, Observation,
                            ParameterPrecision, RunningVar, StatisticsDtype, Subnormals, Summation, VarianceAlgorithm,
@@ -91,15 +92,9 @@ class Diagnosis:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         d = asdict(self)
-        d["alternatives"] = [[n, _finite(r)] for n, r in self.alternatives]
-        d["residual"] = _finite(self.residual)
+        d["alternatives"] = [[n, json_float(r)] for n, r in self.alternatives]
+        d["residual"] = json_float(self.residual)
         return d
-
-
-def _finite(x: float | None) -> float | str | None:
-    if x is None:
-        return None
-    return x if np.isfinite(x) else "inf"
 
 
 # ---- hypotheses -----------------------------------------------------------------------------------

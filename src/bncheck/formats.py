@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .results import json_float
 from .cases import Case
 from .dtypes import max_finite, narrower, round_as_float64
 from .reference import Reference, _physical, phase_of, quantity_of
@@ -95,7 +96,7 @@ class RangeIssue:
         """JSON-ready form."""
         return {"intermediate": self.intermediate, "hypothesis": self.hypothesis, "kind": self.kind,
                 "format": self.format, "phase": self.phase, "channels": list(self.channels),
-                "exact": self.exact if np.isfinite(self.exact) else "inf", "inevitable": self.inevitable,
+                "exact": json_float(self.exact), "inevitable": self.inevitable,
                 "description": self.describe()}
 
 

@@ -71,6 +71,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Iterable
 
+from .results import json_float
+
 BASELINE_SCHEMA = "bncheck.baseline"
 BASELINE_VERSION = 1
 FINDING_CLASSES = ("suspected-bug", "precision", "precision-outlier", "out-of-range", "convention")
@@ -368,7 +370,7 @@ def make_baseline(results: dict[str, Any], today: date, reason: str | None = Non
         accepted.append({"signature": it.signature, "target": it.target, "quantity": it.quantity,
                          "hypothesis": it.hypothesis, "classification": it.classification, "regime": it.regime,
                          **({"severity": it.severity} if it.severity else {}),
-                         "worst_ratio": None if it.ratio is None else ("inf" if math.isinf(it.ratio) else it.ratio),
+                         "worst_ratio": json_float(it.ratio),
                          "cases": it.cases[:MAX_BASELINE_CASES],
                          "reason": why, "expires": expires.isoformat() if expires else None})
     accepted.sort(key=lambda a: (a["target"], a["classification"], a["quantity"], a["signature"]))

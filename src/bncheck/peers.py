@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import formats
+from .results import json_float
 from .cases import case_from_dict
 from .diagnose import signature
 from .reference import phase_of, quantity_of
@@ -73,10 +74,8 @@ def _num(x: Any) -> float:
 
 
 def _safe(x: Any) -> Any:
-    """A float for JSON: non-finite ones as 'inf', '-inf' or 'nan'."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return "nan" if x != x else ("inf" if x > 0 else "-inf")
-    return x
+    """A float for JSON (results.json_float); anything else as it is."""
+    return json_float(x) if isinstance(x, float) else x
 
 
 def _family(target: str) -> str:

@@ -24,6 +24,7 @@ import jinja2
 from . import svg
 from ..files import write_atomic
 from .paths import framework_group, matrix_order, source_target
+from ..results import json_float
 from .results import plugin_args, root_causes
 
 _env = jinja2.Environment(
@@ -74,12 +75,10 @@ def _script_json(obj: Any) -> str:
 
 def _ratio_json(x: Any) -> Any:
     """A ratio for the embedded table: 3 significant digits, non-finite as a string."""
-    v = svg.num(x)
     if x is None:
         return None
-    if not math.isfinite(v):
-        return "inf" if v > 0 else "nan"
-    return float(f"{v:.3g}")
+    v = svg.num(x)
+    return json_float(float(f"{v:.3g}") if math.isfinite(v) else v)
 
 
 def _exec_state(e: dict[str, Any]) -> str:

@@ -14,12 +14,10 @@ from ..cases import case_from_dict
 from .. import peers
 from ..files import write_atomic
 from ..severity import SEVERITIES, worst_severity
+from ..results import STATUSES, Cause, Execution, Finding, Results, Run, json_float
 from ..store import Store
 from .paths import annotate_conversions, path_fields
 
-SCHEMA = "bncheck.results"
-SCHEMA_VERSION = 1
-STATUSES = ("ok", "error", "refused", "crash", "timeout", "unsupported")
 
 
 def observed_conventions(executions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -99,7 +97,7 @@ def build_findings(executions: list[dict[str, Any]], cases: dict[str, dict[str, 
     for g in sorted(groups.values(), key=finding_order):
         g["channels"] = sorted(g["channels"])
         if not math.isfinite(g["worst"]["ratio"]):
-            g["worst"]["ratio"] = "inf"
+            g["worst"]["ratio"] = json_float(g["worst"]["ratio"])
         out.append(g)
     return out
 
@@ -189,29 +187,22 @@ def build_results(store: Store, run_id: str) -> dict[str, Any]:
     for e in out_execs:
         for v in e["deviations"]:
             v.pop("ratio_value", None)
-    return {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "run": run,
-        "summary": {
-            "cases": len(cases),
-            "targets": len([t for t in targets if t["available"]]),
-            "executions": len(executions),
-            "by_status": {s: status_counts.get(s, 0) for s in STATUSES},
-            "deviating_executions": sum(1 for e in out_execs if e["deviations"]),
-            "findings": {c: sum(1 for f in findings if f["classification"] == c) for c in CLASS_ORDER},
-            "findings_by_severity": {s: sum(1 for f in findings if f.get("severity") == s) for s in SEVERITIES},
-            "peers": judged.summary(),
-            "by_target": {t: {**{s: c.get(s, 0) for s in STATUSES}, "deviating": c.get("deviating", 0)}
-                          for t, c in sorted(by_target.items())},
-            "broken_targets": sorted(broken),
-        },
-        "targets": targets,
-        "findings": findings,
-        "root_causes": root_causes(findings),
-        "cases": cases,
-        "executions": out_execs,
+    summary = {
+        "cases": len(cases),
+        "targets": len([t for t in targets if t["available"]]),
+        "executions": len(executions),
+        "by_status": {s: status_counts.get(s, 0) for s in STATUSES},
+        "deviating_executions": sum(1 for e in out_execs if e["deviations"]),
+        "findings": {c: sum(1 for f in findings if f["classification"] == c) for c in CLASS_ORDER},
+        "findings_by_severity": {s: sum(1 for f in findings if f.get("severity") == s) for s in SEVERITIES},
+        "peers": judged.summary(),
+        "by_target": {t: {**{s: c.get(s, 0) for s in STATUSES}, "deviating": c.get("deviating", 0)}
+                      for t, c in sorted(by_target.items())},
+        "broken_targets": sorted(broken),
     }
+    typed = Results(Run(**run), summary, targets, [Finding(**f) for f in findings],
+                    [Cause(**c) for c in root_causes(findings)], cases, [Execution(**e) for e in out_execs])
+    return typed.to_json()
 
 
 FINDINGS_DIR = "findings"  # beside the HTML report's findings/<signature>.html pages
@@ -289,5 +280,5 @@ def finalise_findings(store: Store, run_id: str, doc: dict[str, Any], out_dir: P
 
 
 def write_results(doc: dict[str, Any], path: Path) -> None:
-    """Write results.json."""
-    write_atomic(path, json.dumps(doc, indent=1, sort_keys=False, allow_nan=False, default=str) + "\n")
+    """Write results.json: the document as bncheck.results.Results encodes it (an undeclared field is refused)."""
+    write_atomic(path, json.dumps(Results.typed(doc).to_json(), indent=1, sort_keys=False, allow_nan=False) + "\n")
