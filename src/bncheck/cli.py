@@ -202,7 +202,8 @@ def _report(result: Any) -> None:
     pj = s.get("peers") or {}
     if pj:
         click.echo(f"peer comparison: {pj['judged']} quantities judged against {pj['rule']['min_peers']}+ peers, "
-                   f"{pj['not_judged_fewer_peers']} not judged (fewer peers), {pj['outliers']} precision outliers; "
+                   f"{pj['not_judged_fewer_peers'] + pj.get('not_judged_no_digit_guaranteed', 0)} not judged (fewer "
+                   f"peers, or a bound that guarantees no digit), {pj['outliers']} precision outliers; "
                    f"out-of-range: {pj['out_of_range_kept']} kept, {pj['out_of_range_revised']} revised by a same-format peer.")
     fc = s["findings"]
     if doc["findings"]:
