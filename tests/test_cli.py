@@ -19,30 +19,41 @@ has_torch = pytest.mark.skipif(not __import__("importlib").util.find_spec("torch
 has_ort = pytest.mark.skipif(not __import__("importlib").util.find_spec("onnxruntime"), reason="onnxruntime not installed")
 
 
-def test_backends_lists_targets_without_importing_frameworks(cli):
-    """`backends` exits 0 and lists every built-in family; the parent process never imports a framework."""
-    r = cli("backends")
-    assert r.returncode == 0, r.stderr
-    for fam in ("torch.nn", "torch.nn.channels_last", "torch.functional", "ort.opset15", "ort.opset14", "ort.opset9"):
-        assert fam + "@" in r.stdout
+@pytest.fixture(scope="module")
+def backends_json():
+    """`bncheck backends --conventions --json`, run once in this process (every framework probed in its workers), and
+    the frameworks this process imported while it ran."""
     probe = subprocess.run([sys.executable, "-c", (
-        "import sys; from click.testing import CliRunner; from bncheck.cli import main;"
-        "r = CliRunner().invoke(main, ['backends', '--json']); assert r.exit_code == 0, r.output;"
+        "import json, sys; from click.testing import CliRunner; from bncheck.cli import main;"
+        "r = CliRunner().invoke(main, ['backends', '--conventions', '--json']); assert r.exit_code == 0, r.output;"
         "bad = [m for m in ('torch', 'onnxruntime', 'onnx', 'tensorflow', 'jax') if m in sys.modules];"
-        "print('IMPORTED', bad)")], capture_output=True, text=True, cwd=ROOT)
-    assert "IMPORTED []" in probe.stdout, probe.stdout + probe.stderr
+        "print(json.dumps({'imported': bad, 'doc': json.loads(r.output)}))")], capture_output=True, text=True, cwd=ROOT)
+    assert probe.returncode == 0, probe.stderr
+    return json.loads(probe.stdout)
 
 
-def test_backends_conventions(cli):
+def test_backends_lists_targets_without_importing_frameworks(backends_json):
+    """`backends` lists every built-in family; the parent process never imports a framework."""
+    from bncheck.targets import BUILTIN_FAMILIES
+
+    assert backends_json["imported"] == []
+    families = {t["family"] for t in backends_json["doc"]["targets"]}
+    assert set(BUILTIN_FAMILIES) <= families
+
+
+def test_backends_conventions(backends_json, cli):
     """`backends --conventions` prints each target's conventions record with its sources."""
-    r = cli("backends", "--conventions", "--json")
-    doc = json.loads(r.stdout)
-    rows = {t["family"]: t for t in doc["targets"]}
+    rows = {t["family"]: t for t in backends_json["doc"]["targets"]}
     assert rows["torch.nn"]["info"]["conventions"]["running_var"] == "unbiased"
     assert rows["ort.opset15"]["info"]["conventions"]["running_var"] == "biased"
     assert rows["ort.opset15"]["info"]["conventions"]["momentum"] == "old"
-    text = cli("backends", "--conventions").stdout
-    assert "running_var: unbiased" in text and "source:" in text
+    r = cli("backends", "--conventions", "--targets", "torch.nn,ort.opset15")
+    assert r.returncode == 0, r.stderr
+    assert "running_var: unbiased" in r.stdout and "source:" in r.stdout and "refusal: " in r.stdout
+    assert {line.split()[0] for line in r.stdout.splitlines()[1:] if line and not line.startswith(" ")} == {
+        "torch.nn@cpu", "ort.opset15@cpu"}  # only what --targets names is probed and listed
+    bad = cli("backends", "--targets", "torch.nnn")
+    assert bad.returncode == 2 and "no target matches 'torch.nnn'" in bad.stderr
 
 
 def _env_without(tmp_path: Path, prefixes: tuple[str, ...]) -> Path:
@@ -104,7 +115,9 @@ def test_unusable_store_is_exit_3(tmp_path, cli):
 def test_run_smoke_writes_real_results(tmp_path, cli):
     """`run smoke` writes the three files; torch follows the unbiased running variance and ORT the biased one."""
     out = tmp_path / "out"
-    r = cli("run", "smoke", "--out", str(out))
+    # the eager torch paths and ONNX Runtime: what this test checks of the CLI (the other targets have their own tests)
+    r = cli("run", "smoke", "--targets", "torch.nn@cpu,torch.nn.channels_last@cpu,torch.functional@cpu,ort.*",
+            "--out", str(out))
     assert r.returncode in (0, 1), r.stderr
     for name in ("results.sqlite", "results.json", "index.html"):
         assert (out / name).is_file()
@@ -197,7 +210,12 @@ def test_audit_default_suite(tmp_path, cli):
     observed = {t["name"]: t["observed"]["running_var"] for t in doc["targets"] if t["observed"]["running_var"]}
     for name, o in observed.items():
         assert o["follows"] == o["declared"], (name, o)  # every target follows its documented convention
-    assert doc["summary"]["by_status"]["error"] == doc["summary"]["by_status"]["crash"] == 0
+    assert doc["summary"]["by_status"]["crash"] == doc["summary"]["by_status"]["timeout"] == 0
+    # the one framework error of the audit, measured and left visible: equinox's mode 'ema' raises on half input
+    # with float32 parameters wherever it computes batch statistics (docs/paths-tf-jax.md)
+    errors = [e for e in doc["executions"] if e["status"] == "error"]
+    assert all(e["target"] == "equinox.ema@cpu" and "lax.select requires arguments to have the same dtypes" in e["message"]
+               for e in errors), [(e["target"], e["message"][:200]) for e in errors]
     assert doc["summary"]["cases"] >= 90
 
 

@@ -37,7 +37,8 @@ def _cases(tmp_path: Path) -> Path:
 
 def _run_in_phase(tmp_path: Path, phase: str, sig: int, out: Path, *extra: str) -> tuple[subprocess.CompletedProcess, str]:
     """Start a run whose `phase` is slowed, signal it there, and return the finished process and its stderr."""
-    args = [sys.executable, str(SLOW_PHASE), phase, "20", "run", str(_cases(tmp_path)), "--targets", "faulty.*",
+    # an interruptible phase is cut short by the signal; the reports hold it until written: a short sleep there
+    args = [sys.executable, str(SLOW_PHASE), phase, "3" if phase == "reports" else "20", "run", str(_cases(tmp_path)), "--targets", "faulty.*",
             "--plugin", "faulty_plugin", "--out", str(out), *extra]
     proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_default_sigint)

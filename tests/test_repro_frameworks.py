@@ -24,11 +24,12 @@ from bncheck.cases import Case, case_from_dict
 from bncheck.inputs import make_inputs
 from bncheck.pool import WorkerHandle
 from bncheck.repro import render
-from bncheck.targets import family_class, family_names, framework_status, frameworks
+from bncheck.targets import BUILTIN_FAMILIES, family_class, framework_status, frameworks
 from bncheck.targets.base import QUANTITIES
 
 # every built-in family that runs on the CPU (plugins are not loaded here)
-FAMILIES = [f for f in family_names() if family_class(f).devices is None or "cpu" in family_class(f).devices]
+# every built-in CPU family (test plugins another module registers in this process are not bncheck's targets)
+FAMILIES = [f for f in BUILTIN_FAMILIES if family_class(f).devices is None or "cpu" in family_class(f).devices]
 BENIGN: dict[str, Any] = {"shape": [8, 4, 5, 5], "layout": "channels_last", "grad": True, "mode": "trajectory", "steps": 2}
 # the first of these that a family supports is its benign case: a trajectory with running statistics where it can,
 # else without them (tf.nn has no running-statistics update), else evaluation alone (inference-only paths), else

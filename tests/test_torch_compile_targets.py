@@ -46,6 +46,18 @@ def test_untracked_eval_normalises_with_batch_statistics():
     np.testing.assert_allclose(out["eval.y"], ref["eval.y"], rtol=1e-5, atol=1e-5)
 
 
-def test_refusals_and_kind():
-    assert "eps=0" in TARGET.supports(case_from_dict({"shape": [4, 3, 5], "eps": 0.0}))
+def test_refusals_are_run_and_recorded_as_refused():
+    """eps = 0 in training is not predicted: torch.compile runs it, and the error torch raises (wrapped by Dynamo)
+    is the refusal the record documents."""
+    from bncheck.refusals import classify
+    from bncheck.targets.base import RefusalCondition
+
+    case = case_from_dict({"shape": [4, 3, 5], "eps": 0.0})
+    assert TARGET.supports(case) is None
+    with pytest.raises(Exception) as e:
+        TARGET.run(case, make_inputs(case))
+    message = f"{type(e.value).__name__}: {e.value}"
+    assert classify(case, TARGET.conventions, "error", message)[0] == "refused", message
+    assert {r.condition for r in TARGET.conventions.refusals} == {RefusalCondition.EPS_ZERO_TRAINING,
+                                                                RefusalCondition.ONE_VALUE_PER_CHANNEL_TRAINING}
     assert TorchCompile.path_kind == "compiled" and TorchCompile.source_family is None

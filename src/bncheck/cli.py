@@ -109,13 +109,19 @@ def main() -> None:
 @main.command()
 @click.option("--conventions", is_flag=True, help="Also print each target's conventions record.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@targets_option
 @plugin_option
-def backends(conventions: bool, as_json: bool, plugins: tuple[str, ...]) -> None:
-    """List every known target: available or not and why, version, device."""
+def backends(conventions: bool, as_json: bool, pattern: str | None, plugins: tuple[str, ...]) -> None:
+    """List every known target (or those --targets names): available or not and why, version, device."""
+    from . import api
     from .runner import discover
 
     _load_plugins(plugins)
-    d = discover(None, list(plugins), keep_workers=False)
+    try:
+        api.check_target_patterns(pattern)
+    except api.InputError as e:
+        raise Failure(str(e), EXIT_USAGE) from None
+    d = discover(pattern, list(plugins), keep_workers=False)
     if as_json:
         click.echo(json.dumps({"frameworks": d.frameworks, "targets": d.rows}, indent=1, default=str))
         return
