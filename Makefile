@@ -35,7 +35,7 @@ audit: setup
 	[ $$status -le 1 ]
 
 test: setup browser
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 clean:
 	rm -rf $(VENV) $(OUT)/index.html $(OUT)/results.json $(OUT)/results.xml $(OUT)/results.sqlite* $(OUT)/findings $(OUT)/repro
