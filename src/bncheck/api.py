@@ -82,6 +82,9 @@ class RunOptions:
     memory_limit: float | None = None  # GiB per worker (None: the default cap, 0: no cap)
     plugins: tuple[str, ...] = ()
     repro: bool = True  # write a reproduction script per finding
+    executor: str = "local"  # where the plan runs: 'local' (worker processes here) or 'ray' (actors on a Ray cluster)
+    jobs: int | None = None  # judging processes (local) or actors (ray); None: the cores available; 1: judged in this process
+    address: str | None = None  # the Ray cluster (executor 'ray'; None: RAY_ADDRESS, or a local Ray for the run)
 
 
 AUDIT_OPTIONS = RunOptions(shrink_time=20.0)
@@ -304,6 +307,7 @@ class _Session:
         self.resumed = False
         self.stored = False  # the run's cases are in the store: --resume can complete it
         self.created = False  # this session created the output folder
+        self.executor: Any = None  # the executors.Executor of the run (made once the cases and targets are checked)
 
     # -- entry points --
     def start(self, sources: list[str | Case]) -> RunResult:
@@ -333,15 +337,17 @@ class _Session:
                 self.store, self.run_id = _open_for_resume(self.out, run_id)
                 self.resumed = self.stored = True
                 stored = self.store.run_options(self.run_id)
-                allowed = {"timeout", "shrink", "shrink_time", "memory_limit", "repro"}
+                allowed = {"timeout", "shrink", "shrink_time", "memory_limit", "repro", "executor", "jobs", "address"}
                 unknown = sorted(set(overrides) - allowed - {"plugins"})
                 if unknown:
                     raise InputError(f"resume: option {unknown[0]!r} cannot change (options: {', '.join(sorted(allowed))})")
                 plugins = tuple(dict.fromkeys([*stored.get("plugins", []), *overrides.get("plugins", ())]))
                 kept = {"timeout": stored.get("timeout"), "shrink": stored.get("shrink"),
                         "shrink_time": stored.get("shrink_time"), "memory_limit": stored.get("memory_limit_gib"),
-                        "repro": stored.get("repro")}
+                        "repro": stored.get("repro"), "executor": stored.get("executor"), "address": stored.get("address")}
                 kept = {k: v for k, v in kept.items() if v is not None}
+                if "executor" in overrides and "address" not in overrides:  # the cluster goes with the executor
+                    kept.pop("address", None)
                 self.options = replace(RunOptions(), **{**kept, **{k: v for k, v in overrides.items() if k in allowed}},
                                        plugins=plugins)
                 try:
@@ -405,12 +411,33 @@ class _Session:
         return Interrupted(signum, None, f"interrupted while starting ({name}); nothing was executed and the output "
                                          "folder keeps what it had: run the command again")
 
-    def _execute(self, cases: list[Case], sources: list[str], resumed_targets: list[str] | None) -> RunResult:
-        from .pool import memory_limit_bytes
-        from .runner import PlanError, check_plan, discover, manifest_for
+    def _executor(self) -> Any:
+        """The executor the options name; InputError when it cannot run here (Ray missing, no cluster, bad jobs)."""
+        from .executors import ExecutorUnavailable, executor_for
 
         opts = self.options
-        discovery = discover(opts.targets, list(opts.plugins), memory_limit=memory_limit_bytes(opts.memory_limit))
+        if opts.jobs is not None and opts.jobs < 1:
+            raise InputError(f"--jobs {opts.jobs}: give 1 or more judging processes (1 judges in the bncheck process)")
+        try:
+            return executor_for(opts.executor, opts.jobs, opts.address)
+        except (ExecutorUnavailable, ValueError) as e:
+            raise InputError(str(e)) from None
+
+    def _execute(self, cases: list[Case], sources: list[str], resumed_targets: list[str] | None) -> RunResult:
+        """Execute on the options' executor, released at the end."""
+        self.executor = self._executor()
+        try:
+            return self._execute_on(self.executor, cases, sources, resumed_targets)
+        finally:
+            self.executor.close()
+
+    def _execute_on(self, executor: Any, cases: list[Case], sources: list[str],
+                    resumed_targets: list[str] | None) -> RunResult:
+        from .pool import memory_limit_bytes
+        from .runner import PlanError, check_plan, manifest_for
+
+        opts = self.options
+        discovery = executor.discover(opts.targets, list(opts.plugins), memory_limit_bytes(opts.memory_limit))
         try:
             self.clock.lap("starting frameworks")
             try:
@@ -441,7 +468,7 @@ class _Session:
     def _run_plan(self, cases: list[Case], sources: list[str], discovery: Any, resumed_targets: list[str] | None,
                   manifest: dict[str, Any]) -> RunResult:
         from .inputs import verified_data_files
-        from .runner import execute, pending_pairs, resume_state
+        from .runner import pending_pairs, resume_state
 
         opts = self.options
         done: set[tuple[str, str]] = set()
@@ -456,7 +483,8 @@ class _Session:
             self.store.set_run_options(self.run_id, {
                 "plugins": list(opts.plugins), "pattern": opts.targets, "timeout": opts.timeout,
                 "memory_limit_gib": opts.memory_limit, "shrink": opts.shrink, "shrink_time": opts.shrink_time,
-                "repro": opts.repro, "data_files": verified_data_files()})
+                "repro": opts.repro, "data_files": verified_data_files(), "executor": opts.executor, "jobs": opts.jobs,
+                "address": opts.address})
             self.store.add_targets(self.run_id, discovery.rows)
             self.store.add_cases(self.run_id, [(c.case_id, c.canonical_json()) for c in cases])
             self.stored = True
@@ -491,8 +519,9 @@ class _Session:
         interrupted: int | None = None
         total = pending_pairs(cases, discovery.runnable, done)
         try:
-            execute(store, run_id, cases, discovery, opts.timeout, on_result=self.progress(total) if self.progress else None,
-                    done=done, broken=broken, consecutive=consecutive)
+            self.executor.execute(store, run_id, cases, discovery, opts.timeout,
+                                  on_result=self.progress(total) if self.progress else None, done=done, broken=broken,
+                                  consecutive=consecutive, plugins=list(opts.plugins))
         except KeyboardInterrupt as e:  # what is stored stays; the reports say 'interrupted'
             interrupted = self.signals.note(e)
             self.log(f"\nbncheck: interrupted; {len(store.execution_statuses(run_id))} executions are stored")
@@ -508,7 +537,6 @@ class _Session:
         Shrinking and the scripts stop at a signal; building and writing the reports hold it (noted, then the run
         ends as interrupted), and a second signal stops the writing."""
         from .report.results import build_results
-        from .runner import shrink_in_parallel
 
         store, run_id, opts = self.store, self.run_id, self.options
         assert store is not None
@@ -526,8 +554,8 @@ class _Session:
                      "executions each)")
             cancel = threading.Event()
             try:
-                shrink_in_parallel(doc, discovery, opts.timeout, budget=opts.shrink, limit=SHRINK_LIMIT,
-                                   seconds=opts.shrink_time, cancel=cancel)
+                self.executor.shrink(doc, discovery, opts.timeout, budget=opts.shrink, limit=SHRINK_LIMIT,
+                                     seconds=opts.shrink_time, cancel=cancel)
                 _mark_unshrunk(doc, f"only the first {SHRINK_LIMIT} findings of a run are shrunk")
             except KeyboardInterrupt as e:
                 cancel.set()

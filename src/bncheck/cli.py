@@ -255,6 +255,32 @@ memory_option = click.option("--memory-limit", "memory_limit", default=None, typ
                                   "[default: 16, or 3/4 of the physical memory where that is less].")
 
 
+executor_options = [
+    click.option("--executor", "executor", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+                 help="Where the plan runs: worker processes on this machine, or Ray actors on a Ray cluster "
+                      "(needs 'bncheck[ray]'; docs/executors.md)."),
+    click.option("--address", "address", default=None, metavar="ADDR",
+                 help="The Ray cluster for --executor ray (HOST:6379 or ray://HOST:10001) [default: RAY_ADDRESS, "
+                      "else a local Ray started for the run]."),
+    click.option("--jobs", "jobs", default=None, type=click.IntRange(min=1), metavar="N",
+                 help="Judging processes (Ray: judge actors), each case judged by one; 1 judges in the bncheck process "
+                      "[default: the cores available; Ray: the cluster's CPUs]."),
+]
+
+
+def executor_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--executor, --address and --jobs."""
+    for opt in reversed(executor_options):
+        f = opt(f)
+    return f
+
+
+def _executor_given(executor: str, address: str | None) -> None:
+    """--address only goes with --executor ray."""
+    if address and executor != "ray":
+        raise Failure("--address names a Ray cluster: add --executor ray", EXIT_USAGE)
+
+
 def _given(ctx: click.Context, *names: str) -> frozenset[str]:
     """The options among `names` that the user set on the command line (not defaults)."""
     return frozenset(n for n in names if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT))
@@ -272,11 +298,14 @@ def _given(ctx: click.Context, *names: str) -> frozenset[str]:
               help="Complete an interrupted run stored in --out (a run id, a unique prefix, or 'latest'): only the "
                    "missing executions run, then the reports are rewritten.")
 @repro_option
+@executor_option
 @plugin_option
 @click.pass_context
 def run(ctx: click.Context, casefiles: tuple[str, ...], pattern: str | None, out: str, timeout: float, shrink: int,
-        shrink_time: float, memory_limit: float | None, resume: str | None, repro: bool, plugins: tuple[str, ...]) -> None:
+        shrink_time: float, memory_limit: float | None, resume: str | None, repro: bool, executor: str,
+        address: str | None, jobs: int | None, plugins: tuple[str, ...]) -> None:
     """Run case files (or shipped suite names such as 'smoke') on every matching available target."""
+    _executor_given(executor, address)
     if resume and casefiles:
         raise Failure("--resume takes no CASEFILE (the run's cases and targets are in its store)", EXIT_USAGE)
     if resume and pattern:
@@ -286,15 +315,16 @@ def run(ctx: click.Context, casefiles: tuple[str, ...], pattern: str | None, out
     from . import api
 
     if resume:
-        given = _given(ctx, "timeout", "shrink", "shrink_time", "memory_limit", "repro")
+        given = _given(ctx, "timeout", "shrink", "shrink_time", "memory_limit", "repro", "executor", "address", "jobs")
         values = {"timeout": timeout, "shrink": shrink, "shrink_time": shrink_time, "memory_limit": memory_limit,
-                  "repro": repro}
+                  "repro": repro, "executor": executor, "address": address, "jobs": jobs}
         overrides: dict[str, Any] = {k: v for k, v in values.items() if k in given}
         if plugins:
             overrides["plugins"] = plugins
         sys.exit(_execute_run(api.resume, resume, out=out, overrides=overrides))
     options = api.RunOptions(targets=pattern, timeout=timeout, shrink=shrink, shrink_time=shrink_time,
-                             memory_limit=memory_limit, plugins=plugins, repro=repro)
+                             memory_limit=memory_limit, plugins=plugins, repro=repro, executor=executor, jobs=jobs,
+                             address=address)
     sys.exit(_execute_run(api.run, list(casefiles), out=out, options=options))
 
 
@@ -307,15 +337,19 @@ def run(ctx: click.Context, casefiles: tuple[str, ...], pattern: str | None, out
 @shrink_time_option(20.0)
 @memory_option
 @repro_option
+@executor_option
 @plugin_option
 def audit(suite: str, pattern: str | None, out: str, timeout: float, shrink: int, shrink_time: float,
-          memory_limit: float | None, repro: bool, plugins: tuple[str, ...]) -> None:
+          memory_limit: float | None, repro: bool, executor: str, address: str | None, jobs: int | None,
+          plugins: tuple[str, ...]) -> None:
     """Run the shipped default suite on every available target and write the report (complete an interrupted
     audit with 'bncheck run --resume latest --out DIR'); it shrinks findings for 20 s, a run for 90 s."""
     from . import api
 
+    _executor_given(executor, address)
     options = api.RunOptions(targets=pattern, timeout=timeout, shrink=shrink, shrink_time=shrink_time,
-                             memory_limit=memory_limit, plugins=plugins, repro=repro)
+                             memory_limit=memory_limit, plugins=plugins, repro=repro, executor=executor, jobs=jobs,
+                             address=address)
     sys.exit(_execute_run(api.audit, suite, out=out, options=options))
 
 

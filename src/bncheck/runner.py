@@ -23,7 +23,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from .manifest import base_manifest
 from .pool import Outcome, WorkerHandle, memory_limit_bytes, stop_all
 from .store import Store
 from .targets.base import Target
+
+if TYPE_CHECKING:
+    from .judges import JudgeChannel, JudgePool
 
 PROBE_TIMEOUT = 180.0
 DEVICE_KINDS = ("cpu", "cuda")
@@ -78,10 +81,16 @@ def _family_matches(family: str, pattern: str | None) -> bool:
 
 
 def discover(pattern: str | None = None, plugins: list[str] | None = None, keep_workers: bool = True,
-             memory_limit: int | None = DEFAULT_MEMORY_LIMIT) -> Discovery:
+             memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
+             new_worker: Callable[[str, list[str], dict[str, str], int | None], WorkerHandle] | None = None,
+             framework_status: Callable[[Any], tuple[bool, str, str]] | None = None) -> Discovery:
     """Probe every framework that has a family matching `pattern` in its own worker; the parent imports none."""
     # memory_limit caps each worker's memory in bytes (None: no cap; the default: pool.default_memory_limit());
-    # every worker is started before any is probed, so that the frameworks import in parallel
+    # every worker is started before any is probed, so that the frameworks import in parallel. `new_worker` makes
+    # a worker handle (default: a local WorkerHandle; the Ray executor's is an actor) and `framework_status`
+    # says whether a framework is installed where its workers run (default: here, registry.framework_status)
+    new_worker = new_worker or WorkerHandle
+    status_of = framework_status or registry.framework_status
     if memory_limit == DEFAULT_MEMORY_LIMIT:
         memory_limit = memory_limit_bytes(None)
     plugins = plugins or []
@@ -98,8 +107,8 @@ def discover(pattern: str | None = None, plugins: list[str] | None = None, keep_
     started: dict[str, WorkerHandle] = {}
     for fw_name in sorted({c.framework for c in fams}):  # start every worker, then probe them all at once
         fw = registry.frameworks().get(fw_name)
-        if fw is not None and registry.framework_status(fw)[0]:
-            started[fw_name] = w = WorkerHandle(fw_name, plugins, dict(fw.env), memory_limit)
+        if fw is not None and status_of(fw)[0]:
+            started[fw_name] = w = new_worker(fw_name, plugins, dict(fw.env), memory_limit)
             w.start()
     probes = _probe_all(started)
     for fw_name in sorted({c.framework for c in fams}):
@@ -109,7 +118,7 @@ def discover(pattern: str | None = None, plugins: list[str] | None = None, keep_
             for c in members:
                 d.rows.append(_row(c(), False, "", f"framework {fw_name!r} is not registered"))
             continue
-        installed, version, reason = registry.framework_status(fw)
+        installed, version, reason = status_of(fw)
         info: dict[str, Any] = {"installed": installed, "version": version, "reason": reason}
         if installed:
             w, out = started[fw_name], probes[fw_name]
@@ -308,6 +317,7 @@ class _Lane:
     targets: list[Target]
     fresh: bool = False
     inbox: "queue.Queue[Any]" = field(default_factory=lambda: queue.Queue())
+    device_locks: bool = True  # serialise GPU work per device name (a Ray lane's GPU is its own: no lock)
 
 
 def plan_lanes(runnable: list[Target], workers: dict[str, WorkerHandle],
@@ -360,7 +370,7 @@ def _lane(lane: _Lane, timeout: float, outbox: "queue.Queue[Any]", broken: dict[
                 msg: dict[str, Any] = {"op": "run", "family": t.family, "device": t.device, "case": case_dict, "key": key}
                 if sent_gen != worker.generation:
                     msg["inputs"] = inputs
-                lock = _device_lock(t.device)
+                lock = _device_lock(t.device) if lane.device_locks else None
                 if lock is None:
                     out = worker.request(msg, timeout)
                 else:
@@ -409,16 +419,22 @@ def execute(
     broken: dict[str, str] | None = None, consecutive: dict[str, int] | None = None,
     broken_after: int = BROKEN_AFTER, per_worker: int = TARGETS_PER_WORKER,
     on_outcome: Callable[[str, Target, Outcome], None] | None = None,
+    judges: "list[JudgeChannel] | None" = None,
+    lanes: "list[_Lane] | None" = None,
 ) -> int:
     """Execute every case on every runnable target (but the pairs in `done`), frameworks in parallel; returns how many ran."""
     # each result is committed as it is judged; `broken` and `consecutive` carry a resumed run's broken targets
     # and trailing crash counts; a target newly marked broken is recorded with store.add_event; `on_outcome` sees
-    # every worker outcome (case id, target, outcome) before it is judged (benchmarks/judging.py keeps them)
+    # every worker outcome (case id, target, outcome) before it is judged (benchmarks/judging.py keeps them).
+    # `judges`: None or [] judges in this (the main) thread; otherwise every ok outcome is judged by one of these
+    # judges (not started yet; the run starts and stops them), each case pinned to one. `lanes`: the plan
+    # (default: plan_lanes over discovery.workers; the Ray executor passes its own); lanes marked `fresh` are
+    # started by their thread and stopped at the end.
     done = done or set()
     broken = dict(broken or {})
     consecutive = dict(consecutive or {})
     runnable = list(discovery.runnable)
-    lanes = plan_lanes(runnable, discovery.workers, per_worker)
+    lanes = plan_lanes(runnable, discovery.workers, per_worker) if lanes is None else lanes
     lane_of = {t.name: lane for lane in lanes for t in lane.targets}
     outbox: "queue.Queue[Any]" = queue.Queue()
     window = _Window(WINDOW_CASES, WINDOW_BYTES)
@@ -477,14 +493,29 @@ def execute(
                 lane.inbox.put(None)
             outbox.put(("done", total))
 
+    pool: "JudgePool | None" = None
+    if judges:
+        from .judges import JudgePool
+
+        def case_of(idx: int) -> tuple[dict[str, Any], str, dict[str, Any]]:
+            """A case in flight as its judge needs it."""
+            with lock:
+                st = states[idx]
+            return st.case.to_dict(), st.case_id, st.inputs
+
+        pool = JudgePool(list(judges), outbox, case_of)
     threads = [threading.Thread(target=_lane, args=(lane, timeout, outbox, broken, consecutive, broken_after),
                                 daemon=True, name=f"bncheck-lane-{lane.worker.framework}") for lane in lanes]
     threads.append(threading.Thread(target=feed, daemon=True, name="bncheck-feeder"))
+    if pool is not None:
+        pool.start()  # the judges start while the lanes send their first cases
     for th in threads:
         th.start()
     received, total = 0, None
     uncommitted: list[Result] = []  # recorded, not yet committed (nor reported)
     last_commit = time.monotonic()
+    in_judging: dict[int, tuple[int, Target, Outcome]] = {}  # seq -> (case index, target, outcome) at a judge
+    seq = 0
 
     def commit() -> None:
         """Commit what was recorded, then report it."""
@@ -496,6 +527,27 @@ def execute(
         if on_result:
             for r in reports:
                 on_result(r)
+
+    def record(idx: int, target: Target, out: Outcome, status: str, message: str, verdicts: list[dict[str, Any]],
+               tail: str, metrics: dict[str, Any] | None) -> None:
+        """Store one judged execution (and the case's metrics, once); release the case once nothing is owed."""
+        nonlocal received
+        received += 1
+        with lock:
+            state = states[idx]
+        if metrics and not state.metrics_stored:
+            state.metrics_stored = True
+            store.add_case_metrics(run_id, state.case_id, metrics, commit=False)
+        store.add_execution(run_id, state.case_id, target.name, status, message, tail,
+                            out.reply.get("elapsed", out.elapsed), state.digest, verdicts, commit=False)
+        state.owed -= 1
+        if state.owed == 0:
+            with lock:
+                del states[idx]
+            window.release(state.nbytes)
+            if pool is not None:
+                pool.drop(idx)
+        uncommitted.append(Result(state.case, target, status, message, verdicts))
 
     ok = False
     try:
@@ -510,31 +562,33 @@ def execute(
                 target, reason = rest
                 store.add_event(run_id, "broken", target.name, reason)
                 continue
-            idx, target, out = rest
-            received += 1
-            with lock:
-                state = states[idx]
-            tail = out.stderr_tail
-            if on_outcome is not None:
-                on_outcome(state.case_id, target, out)
-            try:
-                status, message, verdicts = judge_outcome(state, target, out)
-            except Exception as e:  # a fault in bncheck's own judging is recorded, not fatal to the run
-                status, message, verdicts = "error", f"bncheck could not judge this observation: {type(e).__name__}: {e}", []
-                tail = traceback.format_exc()[-4000:]
-            if out.status == "ok" and not state.metrics_stored and state._expected is not None:  # once, when first judged
-                state.metrics_stored = True
-                metrics = {conv: ref.metrics for conv, ref in state._expected.references.items() if ref.metrics}
-                if metrics:
-                    store.add_case_metrics(run_id, state.case_id, metrics, commit=False)
-            store.add_execution(run_id, state.case_id, target.name, status, message, tail,
-                                out.reply.get("elapsed", out.elapsed), state.digest, verdicts, commit=False)
-            state.owed -= 1
-            if state.owed == 0:
+            if kind == "judged":
+                for n, status, message, verdicts, metrics, judge_tail in rest[0]:
+                    idx, target, out = in_judging.pop(n)
+                    record(idx, target, out, status, message, verdicts,
+                           out.stderr_tail if judge_tail is None else judge_tail, metrics)
+            else:
+                idx, target, out = rest
                 with lock:
-                    del states[idx]
-                window.release(state.nbytes)
-            uncommitted.append(Result(state.case, target, status, message, verdicts))
+                    state = states[idx]
+                if on_outcome is not None:
+                    on_outcome(state.case_id, target, out)
+                if pool is not None and out.status == "ok":  # judged elsewhere: recorded when the reply comes
+                    seq += 1
+                    in_judging[seq] = (idx, target, out)
+                    pool.submit((seq, idx, target.family, target.device, out.status, out.message,
+                                 out.reply.get("observation", {})))
+                    continue
+                tail = out.stderr_tail
+                try:
+                    status, message, verdicts = judge_outcome(state, target, out)
+                except Exception as e:  # a fault in bncheck's own judging is recorded, not fatal to the run
+                    status, message, verdicts = "error", f"bncheck could not judge this observation: {type(e).__name__}: {e}", []
+                    tail = traceback.format_exc()[-4000:]
+                metrics = None
+                if out.status == "ok" and not state.metrics_stored and state._expected is not None:  # once, when first judged
+                    metrics = {conv: ref.metrics for conv, ref in state._expected.references.items() if ref.metrics}
+                record(idx, target, out, status, message, verdicts, tail, metrics)
             if outbox.empty() or len(uncommitted) >= COMMIT_EVERY or time.monotonic() - last_commit >= COMMIT_SECONDS:
                 commit()
         ok = True
@@ -547,6 +601,8 @@ def execute(
         with window.cond:  # unblock a feeder waiting for room
             window.max_items = window.max_bytes = 1 << 62
             window.cond.notify_all()
+        if pool is not None:
+            pool.close()
         stop_all([lane.worker for lane in lanes if lane.fresh])
     for th in threads:
         th.join(timeout=30)
@@ -554,15 +610,16 @@ def execute(
 
 
 def shrink_in_parallel(doc: dict[str, Any], discovery: Discovery, timeout: float, budget: int, limit: int = 50,
-                       seconds: float = 90.0, cancel: threading.Event | None = None) -> None:
+                       seconds: float = 90.0, cancel: threading.Event | None = None,
+                       lanes: list[_Lane] | None = None) -> None:
     """shrink.shrink_findings on the first `limit` findings, one thread per lane, so that frameworks shrink at the same time."""
-    # the lanes are those of plan_lanes; each keeps shrink_findings' time limit of `seconds`; once `cancel` is set,
-    # no lane starts another execution
+    # the lanes are those of plan_lanes (or `lanes`, the Ray executor's); each keeps shrink_findings' time limit of
+    # `seconds`; once `cancel` is set, no lane starts another execution
     from .shrink import shrink_findings
 
     top = doc["findings"][:limit]
     by_name = {t.name: t for t in discovery.runnable}
-    lanes = plan_lanes(discovery.runnable, discovery.workers)
+    lanes = plan_lanes(discovery.runnable, discovery.workers) if lanes is None else lanes
     jobs = []
     for lane in lanes:
         names = {t.name for t in lane.targets}
