@@ -1,0 +1,90 @@
+"""The Ray executor on a local Ray (2 CPUs): the same verdicts and findings as the local executor; a killed actor is a crash."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import PLUGINS, ROOT
+
+from bncheck import api
+from test_executors import PLUGIN_NAMES, TARGETS, stored, suite
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[Any]:
+    """A local Ray for the module (its actors import bncheck and the test plugins from this checkout)."""
+    path = os.pathsep.join([str(ROOT / "src"), str(PLUGINS), os.environ.get("PYTHONPATH", "")])
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = path  # inherited by the Ray processes, and by the workers the actors start
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="bncheck-tests")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
+def run_on(out: Any, progress: Any = None, **options: Any) -> api.RunResult:
+    """api.run of the shared suite with these options."""
+    opts = api.RunOptions(targets=TARGETS, plugins=PLUGIN_NAMES, shrink=0, repro=False, timeout=60, **options)
+    return api.run(suite(), out=out, options=opts, progress=progress)
+
+
+def test_ray_gives_the_same_verdicts_and_findings_as_the_local_executor(tmp_path, local_ray, monkeypatch):
+    """Framework actors, two judge actors, results streamed into the driver's store: identical to a local run."""
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    ray_result = run_on(tmp_path / "ray", executor="ray", jobs=2)
+    run_on(tmp_path / "local", executor="local", jobs=1)
+    assert ray_result.status == "complete"
+    on_ray, local = stored(tmp_path / "ray"), stored(tmp_path / "local")
+    assert {"ok", "error", "crash"} <= {e[2] for e in local["executions"]} and local["findings"]
+    assert on_ray == local
+
+
+def test_a_killed_actor_is_a_crash_and_is_replaced(tmp_path, local_ray, monkeypatch):
+    """ray.kill on the faulty framework's actor mid-run: that execution is a crash, a new actor runs the rest."""
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    from bncheck import ray_executor
+
+    plain_init = ray_executor.RayWorkerHandle.__init__
+
+    def slowed(self: Any, *args: Any, **kwargs: Any) -> None:
+        """Each faulty execution takes 0.2 s more, so that the actor still has work when it is killed."""
+        plain_init(self, *args, **kwargs)
+        self.env["BNCHECK_FAULTY_SLEEP"] = "0.2"
+
+    monkeypatch.setattr(ray_executor.RayWorkerHandle, "__init__", slowed)
+    killed: list[str] = []
+
+    def progress(total: int) -> Any:
+        seen = {"n": 0}
+
+        def update(result: Any) -> None:
+            seen["n"] += 1
+            if seen["n"] == 3 and not killed:
+                names = [n for n in ray.util.list_named_actors() if n.startswith("bncheck-faulty-")]
+                assert len(names) == 1, names
+                ray.kill(ray.get_actor(names[0]))
+                killed.append(names[0])
+
+        return update
+
+    result = run_on(tmp_path / "ray", progress=progress, executor="ray", jobs=2)
+    assert killed and result.status == "complete"
+    run_on(tmp_path / "local", executor="local", jobs=1)
+    on_ray, local = stored(tmp_path / "ray"), stored(tmp_path / "local")
+    died = [e for e in on_ray["executions"] if "Ray actor" in e[3]]
+    assert len(died) == 1 and died[0][2] == "crash" and killed[0] in died[0][3], died
+    assert died[0][1] == "faulty.numpy@cpu"
+    expected = [e for e in local["executions"] if (e[0], e[1]) != (died[0][0], died[0][1])]
+    assert [e for e in on_ray["executions"] if e is not died[0]] == expected
+    assert not [n for n in ray.util.list_named_actors() if n.startswith("bncheck-")]  # every actor stopped
