@@ -26,6 +26,10 @@ INSTALL_HINT = ("the Ray executor needs the 'ray' package: pip install 'bncheck[
                 "bncheck constraints > c.txt; pip install -c c.txt 'bncheck[ray]')")
 REPLY_SLACK = 120.0  # seconds beyond a request's own deadline before a silent actor is given up (scheduling, restarts)
 PROBE_TIMEOUT = 180.0
+# Ray sets these in its worker processes when the driver has not (OMP_NUM_THREADS=1 made PyTorch's workers use one
+# thread, and sum in another order than a local run: observations differed in their last bits); a framework actor
+# removes the ones the driver has not set, so that its worker starts with the environment a local worker gets
+RAY_SETS = ("OMP_NUM_THREADS",)
 
 
 def require_ray() -> Any:
@@ -41,10 +45,13 @@ def require_ray() -> Any:
 class FrameworkActor:
     """One framework worker process on a Ray node, behind a local WorkerHandle."""
 
-    def __init__(self, framework: str, plugins: list[str], env: dict[str, str], memory_limit: int | None) -> None:
+    def __init__(self, framework: str, plugins: list[str], env: dict[str, str], memory_limit: int | None,
+                 unset: tuple[str, ...] = ()) -> None:
         from . import targets as registry
         from .pool import WorkerHandle
 
+        for k in unset:  # what Ray sets for its own workers (OMP_NUM_THREADS=1) but a local worker would not have
+            os.environ.pop(k, None)
         for p in plugins:
             registry.load_plugin(p)
         self.worker = WorkerHandle(framework, plugins, env, memory_limit)
@@ -121,7 +128,8 @@ class RayWorkerHandle:
             self.name = f"bncheck-{self.framework}-{RayWorkerHandle.serial}"
         self.actor = self.executor.remote_framework.options(
             name=self.name, num_cpus=0, num_gpus=self.num_gpus, max_restarts=0, max_task_retries=0,
-            scheduling_strategy="SPREAD").remote(self.framework, self.plugins, self.env, self.memory_limit)
+            scheduling_strategy="SPREAD").remote(self.framework, self.plugins, self.env, self.memory_limit,
+                                                 tuple(k for k in RAY_SETS if k not in os.environ))
         self.incarnation += 1
         self.generation = self.incarnation * 1_000_000
 
