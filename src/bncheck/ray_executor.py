@@ -13,6 +13,7 @@ as it arrives, exactly as a local run does, so `--resume` and the reports are un
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from typing import Any, Iterable
 
@@ -249,13 +250,25 @@ class RayExecutor:
         self.ray = require_ray()
         self.address = address
         self.started_ray = False
+        self._forwarding = threading.Event()
+        self._forwarder: threading.Thread | None = None
         if not self.ray.is_initialized():
+            # ray.init installs a Python SIGTERM handler that exits at once (status 15, nothing reported) and C-level
+            # handlers of its own: the run's handlers are put back, and signals are forwarded (see _block_signals)
+            handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+            self._block_signals()
             try:
                 self.ray.init(address=address, namespace="bncheck", log_to_driver=False, include_dashboard=False,
                               configure_logging=False)
             except (ConnectionError, ValueError, RuntimeError) as e:
+                self._unblock_signals()
                 raise ExecutorUnavailable(f"cannot connect to the Ray cluster at {address or 'RAY_ADDRESS'}: {e} "
                                           "(give the head node's address: --address HOST:6379 or ray://HOST:10001)") from None
+            finally:
+                if threading.current_thread() is threading.main_thread():
+                    for sig, handler in handlers.items():
+                        if handler is not None:
+                            signal.signal(sig, handler)
             self.started_ray = True
         cpus = int(self.ray.cluster_resources().get("CPU", 0))
         self.jobs = max(1, int(jobs)) if jobs is not None else max(1, cpus or default_jobs())
@@ -266,6 +279,40 @@ class RayExecutor:
         self.plugins: list[str] = []
         self.memory_limit: int | None = None
         self._status: dict[str, tuple[bool, str, str]] = {}
+
+    # -- signals --
+    def _block_signals(self) -> None:
+        """SIGINT and SIGTERM go to one thread that hands them to the main thread's Python handlers.
+
+        Ray's core worker installs C-level signal handlers in the driver that bypass Python's (measured: a SIGTERM sent
+        to a bncheck run on Ray killed it at once, store left 'running', Ray's processes orphaned). With both signals
+        blocked in the main thread before ray.init, every thread started since (Ray's, the lanes') inherits the
+        block; the kernel keeps the signal pending for the process, a forwarding thread takes it with sigtimedwait,
+        and `_thread.interrupt_main(signum)` runs the run's own handler in the main thread, as a local run would.
+        """
+        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "sigtimedwait"):
+            return
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        self._forwarder = threading.Thread(target=self._forward_signals, daemon=True, name="bncheck-ray-signals")
+        self._forwarder.start()
+
+    def _forward_signals(self) -> None:
+        """Hand each SIGINT or SIGTERM to the main thread until the executor closes."""
+        import _thread
+
+        while not self._forwarding.is_set():
+            info = signal.sigtimedwait({signal.SIGINT, signal.SIGTERM}, 0.2)
+            if info is not None:
+                _thread.interrupt_main(info.si_signo)
+
+    def _unblock_signals(self) -> None:
+        """Stop forwarding; the main thread receives its signals itself again."""
+        if self._forwarder is None:
+            return
+        self._forwarding.set()
+        self._forwarder.join(timeout=5)
+        self._forwarder = None
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # a pending one is delivered now
 
     # -- discovery --
     def _framework_status(self, fw: Any) -> tuple[bool, str, str]:
@@ -366,3 +413,4 @@ class RayExecutor:
                 self.ray.shutdown()
             except Exception:
                 pass
+        self._unblock_signals()
