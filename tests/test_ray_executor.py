@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from typing import Any, Iterator
 
@@ -62,9 +63,9 @@ def test_a_killed_actor_is_a_crash_and_is_replaced(tmp_path, local_ray, monkeypa
     plain_init = ray_executor.RayWorkerHandle.__init__
 
     def slowed(self: Any, *args: Any, **kwargs: Any) -> None:
-        """Each faulty execution takes 0.2 s more, so that the actor still has work when it is killed."""
+        """Each faulty execution takes 0.1 s more, so that the actor still has work when it is killed."""
         plain_init(self, *args, **kwargs)
-        self.env["BNCHECK_FAULTY_SLEEP"] = "0.2"
+        self.env["BNCHECK_FAULTY_SLEEP"] = "0.1"
 
     monkeypatch.setattr(ray_executor.RayWorkerHandle, "__init__", slowed)
     killed: list[str] = []
@@ -92,3 +93,36 @@ def test_a_killed_actor_is_a_crash_and_is_replaced(tmp_path, local_ray, monkeypa
     expected = [e for e in local["executions"] if (e[0], e[1]) != (died[0][0], died[0][1])]
     assert [e for e in on_ray["executions"] if e is not died[0]] == expected
     assert not [n for n in ray.util.list_named_actors() if n.startswith("bncheck-")]  # every actor stopped
+
+
+def test_sigterm_ends_a_ray_run_cleanly_and_resume_completes_it(tmp_path):
+    """SIGTERM mid-run on Ray: exit 143, reports say 'interrupted', no Ray process left; --resume on Ray completes it."""
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    from conftest import run_cli, wait_for_executions, write_jsonl
+
+    cases = write_jsonl(tmp_path / "c.jsonl", [{"shape": [6, 3, 4], "seed": s} for s in range(1, 31)])
+    out = tmp_path / "out"
+    env = dict(os.environ, BNCHECK_FAULTY_SLEEP="0.2",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(PLUGINS), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "bncheck.cli", "run", str(cases), "--targets", "faulty.*", "--plugin",
+                             "faulty_plugin", "--executor", "ray", "--shrink", "0", "--out", str(out)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_executions(out / "results.sqlite", 3, proc, limit=120)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "was interrupted (SIGTERM)" in err and "--resume" in err
+    assert json.loads((out / "results.json").read_text())["run"]["status"] == "interrupted"
+    db = sqlite3.connect(out / "results.sqlite")
+    stored = db.execute("SELECT count(*) FROM executions").fetchone()[0]
+    db.close()
+    assert 3 <= stored < 30
+    r = run_cli("run", "--resume", "latest", "--out", str(out), "--executor", "ray", "--jobs", "1", timeout=300,
+                env={"PYTHONPATH": env["PYTHONPATH"]})
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["run"]["status"] == "complete" and doc["summary"]["executions"] == 30
