@@ -127,3 +127,38 @@ def test_address_without_the_ray_executor_is_a_usage_error(tmp_path, cli):
     assert r.returncode == 2
     assert "add --executor ray" in r.stderr
     assert not out.exists()
+
+
+def test_sigterm_with_judge_processes_ends_the_run_cleanly_and_resume_completes_it(tmp_path, cli):
+    """SIGTERM while two judge processes judge: exit 143, the reports say 'interrupted', no judge is left running, and
+    --resume completes the run with the same verdicts as an uninterrupted one."""
+    import signal
+    import subprocess
+
+    from conftest import wait_for_executions
+
+    rows = [{"shape": [6, 3, 4], "seed": s} for s in [1, 120, 2, 121, 3, 122] * 5]
+    rows = [dict(r, eps=1e-5 * (1 + i)) for i, r in enumerate(rows)]  # 30 distinct cases
+    cases = write_jsonl(tmp_path / "c.jsonl", rows)
+    out = tmp_path / "out"
+    env = dict(os.environ, BNCHECK_FAULTY_SLEEP="0.1",
+               PYTHONPATH=os.pathsep.join([str(PLUGINS), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "bncheck.cli", "run", str(cases), "--targets", "faulty.*", "--plugin",
+                             "faulty_plugin", "--jobs", "2", "--shrink", "0", "--out", str(out)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_executions(out / "results.sqlite", 4, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert json.loads((out / "results.json").read_text())["run"]["status"] == "interrupted"
+    left = subprocess.run(["pgrep", "-f", f"bncheck.judges --parent {proc.pid}"], capture_output=True, text=True)
+    assert left.stdout.strip() == "", left.stdout
+    r = cli("run", "--resume", "latest", "--out", str(out), "--jobs", "2")
+    assert r.returncode == 1, r.stderr[-2000:]  # deviations found: the faulty seeds scale y and running_var
+    whole = tmp_path / "whole"
+    r = cli("run", str(cases), "--targets", "faulty.*", "--plugin", "faulty_plugin", "--jobs", "1", "--shrink", "0",
+            "--out", str(whole))
+    assert r.returncode == 1, r.stderr[-2000:]
+    resumed, uninterrupted = stored(out), stored(whole)
+    assert len(resumed["executions"]) == 30
+    assert resumed["executions"] == uninterrupted["executions"] and resumed["verdicts"] == uninterrupted["verdicts"]

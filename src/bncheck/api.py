@@ -521,7 +521,7 @@ class _Session:
         try:
             self.executor.execute(store, run_id, cases, discovery, opts.timeout,
                                   on_result=self.progress(total) if self.progress else None, done=done, broken=broken,
-                                  consecutive=consecutive, plugins=list(opts.plugins))
+                                  consecutive=consecutive, plugins=list(opts.plugins), expected=total)
         except KeyboardInterrupt as e:  # what is stored stays; the reports say 'interrupted'
             interrupted = self.signals.note(e)
             self.log(f"\nbncheck: interrupted; {len(store.execution_statuses(run_id))} executions are stored")

@@ -264,7 +264,7 @@ executor_options = [
                       "else a local Ray started for the run]."),
     click.option("--jobs", "jobs", default=None, type=click.IntRange(min=1), metavar="N",
                  help="Judging processes (Ray: judge actors), each case judged by one; 1 judges in the bncheck process "
-                      "[default: the cores available; Ray: the cluster's CPUs]."),
+                      "[default: the cores available (a run of fewer than 500 executions: 1); Ray: the cluster's CPUs]."),
 ]
 
 

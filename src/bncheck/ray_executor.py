@@ -393,6 +393,7 @@ class RayExecutor:
         from .runner import execute
 
         plugins = kwargs.pop("plugins", self.plugins)
+        kwargs.pop("expected", None)
         judges = [RayJudge(self, plugins) for _ in range(self.jobs)] if self.jobs > 1 else None
         return execute(store, run_id, cases, discovery, timeout, judges=judges,  # type: ignore[arg-type]
                        lanes=self.lanes(discovery, kwargs.pop("per_worker", None)), **kwargs)
