@@ -71,9 +71,11 @@ def test_a_killed_actor_is_a_crash_and_is_replaced(tmp_path, local_ray, monkeypa
     killed: list[str] = []
 
     def progress(total: int) -> Any:
+        """A progress callback that kills the faulty framework's actor once 3 results are stored."""
         seen = {"n": 0}
 
         def update(result: Any) -> None:
+            """Count, and kill at the third."""
             seen["n"] += 1
             if seen["n"] == 3 and not killed:
                 names = [n for n in ray.util.list_named_actors() if n.startswith("bncheck-faulty-")]

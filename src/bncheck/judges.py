@@ -250,13 +250,12 @@ class JudgePool:
 
     def start(self) -> None:
         """Start every judge at once and one feeding thread per judge."""
-        errors: list[BaseException] = []
-
         def start_one(slot: _Slot) -> None:
+            """Start one judge."""
             try:
                 slot.channel.start()
-            except Exception as e:  # retried, with a message, at its first batch
-                errors.append(e)
+            except Exception:  # started again at its first batch, whose outcomes say why if it fails again
+                pass
 
         starters = [threading.Thread(target=start_one, args=(s,), daemon=True) for s in self.slots]
         for th in starters:

@@ -328,6 +328,7 @@ class RayExecutor:
         self.plugins, self.memory_limit = list(plugins), memory_limit
 
         def new_worker(framework: str, plugins: list[str], env: dict[str, str], limit: int | None) -> Any:
+            """A worker handle whose process lives in a Ray actor."""
             return RayWorkerHandle(self, framework, plugins, env, limit)
 
         d = discover(pattern, list(plugins), memory_limit=memory_limit, new_worker=new_worker,
