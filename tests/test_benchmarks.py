@@ -51,3 +51,16 @@ def test_path_costs_benchmark_prints_a_row_per_family_and_the_totals() -> None:
     total = re.search(r"^total +([\d.]+) +([\d.]+) +([\d.]+)$", r.stdout, re.M)
     assert row and total, r.stdout
     assert int(row[1]) >= 1 and [row[2], row[3], row[4]] == [total[1], total[2], total[3]]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+def test_throughput_benchmark_prints_each_configuration_and_identical_verdicts() -> None:
+    """benchmarks/throughput.py on a few cases, without Ray: a row per configuration, ratio 1 for the first, same verdicts."""
+    r = subprocess.run([sys.executable, "benchmarks/throughput.py", "--cases", "8", "--targets", "torch.functional@cpu",
+                        "--jobs", "2", "--no-ray"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = dict(re.findall(r"^(local, \d judges?) +(\d+) ", r.stdout, re.M))
+    assert set(rows) == {"local, 1 judge", "local, 2 judges"}, r.stdout
+    assert rows["local, 1 judge"] == rows["local, 2 judges"] and int(rows["local, 1 judge"]) >= 1
+    assert re.search(r"^local, 1 judge +\d+ +\d+\.\d+ +\d+\.\d +1\.00 ", r.stdout, re.M), r.stdout
+    assert "verdicts identical across configurations: yes" in r.stdout
