@@ -18,19 +18,31 @@ from bncheck.repro import render
 from conftest import write_jsonl
 
 
-def _run_script(tmp_path, source: str) -> dict[str, tuple[float, float]]:
-    """Run a script in a fresh interpreter with no bncheck on the path; return {key: (max abs, max rel)}."""
+ROW = re.compile(r"^(\S+\.\S+)\s+(pass|DEVIATES)\s+([0-9.e+-]+|inf|nan)\s+([0-9.e+-]+|inf|nan)\s+([0-9.e+-]+|inf|nan)\s+\[")
+
+
+def _run_script(tmp_path, source: str, expect: int | None = None) -> dict[str, tuple[float, float]]:
+    """Run a script in a fresh interpreter with no bncheck on the path; return {key: (max abs, max rel)}, checking
+    its exit status when `expect` is given (1: the discrepancy reproduces, 0: it does not)."""
+    return _run_script_rows(tmp_path, source, expect)[0]
+
+
+def _run_script_rows(tmp_path, source: str, expect: int | None = None):
+    """({key: (max abs, max rel)}, {key: (verdict, error/bound)}, stdout, stderr, exit status) of a script's run."""
     path = tmp_path / "repro.py"
     path.write_text(source)
     r = subprocess.run([sys.executable, "-I", str(path)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode in (0, 1), r.stderr
+    if expect is not None:
+        assert r.returncode == expect, r.stdout
     assert "bncheck reproduction:" in r.stdout
-    rows = {}
+    rows, verdicts = {}, {}
     for line in r.stdout.splitlines():
-        m = re.match(r"^(\S+\.\S+)\s+([0-9.e+-]+|inf)\s+([0-9.e+-]+|inf)\s+\[", line)
+        m = ROW.match(line)
         if m:
-            rows[m.group(1)] = (float(m.group(2)), float(m.group(3)))
-    return rows
+            rows[m.group(1)] = (float(m.group(4)), float(m.group(5)))
+            verdicts[m.group(1)] = (m.group(2), float(m.group(3)))
+    return rows, verdicts, r.stdout, r.stderr, r.returncode
 
 
 def test_scripts_do_not_import_bncheck():

@@ -44,18 +44,20 @@ def exceeds(ratio: np.ndarray) -> np.ndarray:
 
 def judge_elements(observed: np.ndarray, reference: np.ndarray, bound: np.ndarray) -> dict:
     """One quantity judged as bncheck judges it: a dict with `ratio` (per element, the reference's shape), `err`,
-    `nonfinite` (elements whose NaN/Inf pattern differs), `worst` (index of the largest ratio, Inf first),
+    `max_rel` (largest relative error), `nonfinite` (elements whose NaN/Inf pattern differs), `worst` (index of the largest ratio, Inf first),
     `largest_error` (index of the largest |error|) and `deviates`."""
     observed = np.asarray(observed, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
     bound = np.broadcast_to(np.asarray(bound, dtype=np.float64), reference.shape)
     if observed.shape != reference.shape:
         raise ValueError(f"shape {observed.shape} differs from the expected {reference.shape}")
-    err, mismatch, both, _scale = element_errors(observed, reference)
+    err, mismatch, both, scale = element_errors(observed, reference)
     ratio = np.broadcast_to(element_ratios(err, mismatch, both, bound), reference.shape)
     flat = ratio.reshape(-1)
     worst = np.unravel_index(int(np.argmax(flat)), reference.shape) if flat.size else ()
     largest = np.unravel_index(int(np.argmax(np.asarray(err).reshape(-1))), reference.shape) if flat.size else ()
-    return {"ratio": ratio, "err": np.broadcast_to(err, reference.shape),
+    with np.errstate(all="ignore"):
+        rel = np.asarray(err / np.maximum(np.abs(scale), np.finfo(np.float64).tiny))
+    return {"ratio": ratio, "err": np.broadcast_to(err, reference.shape), "max_rel": float(rel.max(initial=0.0)),
             "nonfinite": 0 if mismatch is None else int(np.sum(mismatch)), "worst": worst, "largest_error": largest,
             "deviates": bool(exceeds(flat).any())}
