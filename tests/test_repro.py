@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -62,8 +63,10 @@ def test_torch_scripts_run_and_agree(tmp_path, family):
 
     case = case_from_dict({"shape": [8, 4, 5, 5], "mode": "trajectory", "steps": 2, "grad": True, "layout": "channels_last"})
     keys = ["train0.y", "train0.batch_invstd", "train1.running_var", "eval.y", "eval.dx", "train0.dgamma"]
-    rows = _run_script(tmp_path, render(case, make_inputs(case), getattr(torch_targets, family)("cpu"), keys, "t", "e", {}))
-    assert set(rows) == set(keys)
+    rows, verdicts, stdout, _, _ = _run_script_rows(
+        tmp_path, render(case, make_inputs(case), getattr(torch_targets, family)("cpu"), keys, "t", "e", {}), expect=0)
+    assert set(rows) == set(keys) and {v for v, _ in verdicts.values()} == {"pass"}, stdout
+    assert stdout.rstrip().endswith("within bncheck's bounds (exit 0)"), stdout
     # float32 rounding of values up to ~10 (dgamma sums 200 terms): a few 1e-6; relative error is meaningless near 0
     assert all(err < 1e-5 for err, _ in rows.values()), rows
 
@@ -75,7 +78,10 @@ def test_ort_float64_script_reproduces_the_float32_attribute_finding(tmp_path):
 
     case = case_from_dict({"shape": [8, 4, 5, 5], "dtype": "float64", "mode": "trajectory", "steps": 2})
     keys = ["train0.running_mean", "train1.running_var", "eval.y"]
-    rows = _run_script(tmp_path, render(case, make_inputs(case), OrtOpset15("cpu"), keys, "t", "e", {}))
+    rows, verdicts, stdout, _, _ = _run_script_rows(tmp_path, render(case, make_inputs(case), OrtOpset15("cpu"), keys,
+                                                                     "t", "e", {}), expect=1)
+    assert verdicts["train0.running_mean"][0] == "DEVIATES" and verdicts["train0.running_mean"][1] > 1, stdout
+    assert stdout.rstrip().endswith("beyond bncheck's bound (exit 1)"), stdout
     assert 1e-9 < rows["train0.running_mean"][0] < 1e-6  # measured 1.3e-8: float32(0.9) = 0.89999997615
     assert rows["train1.running_var"][1] > 1e-9
 
@@ -97,9 +103,14 @@ def test_run_writes_a_script_per_finding(tmp_path, cli):
     small = doc["cases"][finding["minimal_case"]]
     assert finding["shrink"]["reduced"] and small["meta"]["shrunk_from"] == finding["shrink"]["from_case"]
     assert small["shape"][0] * small["shape"][1] < 8 * 4 and small["dtype"] == "float64"
-    rows = _run_script(tmp_path, script.read_text())
-    assert set(rows) == set(finding["shrink"]["deviating"])
-    assert max(err for err, _ in rows.values()) > 1e-12  # float32 eps/momentum; float64 rounding would give ~1e-16
+    assert small["mode"] in ("train", "trajectory")  # the training finding stays a training case
+    text = script.read_text()
+    assert "b64decode" not in text.split("# ---- the framework path under test ----")[0]  # a small case stays literal
+    rows, verdicts, stdout, _, _ = _run_script_rows(tmp_path, text, expect=1)
+    # the script judges as bncheck did: exactly the quantities the shrunk case deviated in deviate
+    assert {k for k, (v, _) in verdicts.items() if v == "DEVIATES"} == set(finding["shrink"]["deviating"]), stdout
+    assert set(finding["shrink"]["checked"]) == set(rows)  # and it shows every quantity bncheck judged
+    assert max(rows[k][0] for k in finding["shrink"]["deviating"]) > 1e-12  # float32 eps/momentum; float64 rounding would give ~1e-16
 
 
 def test_shrink_time_bounds_shrinking(tmp_path, cli):
@@ -110,7 +121,10 @@ def test_shrink_time_bounds_shrinking(tmp_path, cli):
     r = cli("run", str(cases), "--targets", "ort.opset15@cpu", "--shrink-time", "0", "--out", str(out))
     assert r.returncode == 1, r.stderr
     (finding,) = json.loads((out / "results.json").read_text())["findings"]
-    assert finding["shrink"]["skipped"] == "time limit" and finding["shrink"]["attempts"] == 0
+    assert finding["shrink"]["not_shrunk"] == "time-limit" and finding["shrink"]["attempts"] == 0
+    assert finding["shrink"]["outcome"] == "not-shrunk" and "--shrink-time" in finding["shrink"]["skipped"]
+    page = (out / "findings" / f"{finding['signature']}.html").read_text()
+    assert "not shrunk (<code>time-limit</code>)" in page  # the page says why
     assert finding["minimal_case"] == finding["shrink"]["from_case"]
 
 
@@ -150,3 +164,30 @@ def test_large_inputs_go_beside_the_script_and_medium_ones_inline(tmp_path):
     assert npz is not None and len("\n".join(lines)) < 500
     (tmp_path / "x.inputs.npz").write_bytes(npz)
     assert _exec_inputs(lines, tmp_path)["train0.x"].tobytes() == large["train0.x"].tobytes()
+
+
+QUIET = re.compile(r"(^[IWEF]\d{4} |tensorflow|oneDNN|cuda|absl|TF_ENABLE)", re.M | re.I)
+
+
+@pytest.mark.parametrize("module, family, case, expect", [
+    # tf.nn: a benign float32 training step passes; TensorFlow's import prints nothing
+    ("tensorflow", "TfNn", {"shape": [8, 4, 5, 5], "layout": "channels_last", "track_running_stats": False}, 0),
+    # flax.linen's one-pass variance on batches of mean 100 cancels (test_repro_frameworks measures it)
+    ("flax", "FlaxLinen", {"shape": [8, 4, 5, 5], "layout": "channels_last", "mode": "trajectory", "steps": 2,
+                           "regime": {"name": "offset", "x": {"dist": "normal", "loc": 100.0, "scale": 1.0}}}, 1),
+])
+def test_scripts_of_tensorflow_and_jax_exit_with_the_verdict_and_stay_quiet(tmp_path, module, family, case, expect):
+    """Run as `python repro.py`: the exit status is the verdict (1 reproduced, 0 not) and stderr carries no framework
+    log lines."""
+    if importlib.util.find_spec(module) is None:  # not imported here: this process imports no framework
+        pytest.skip(f"{module} is not installed")
+    from bncheck.targets import family_class
+
+    targets = {"TfNn": "tf.nn", "FlaxLinen": "flax.linen"}
+    target = family_class(targets[family])("cpu")
+    c = case_from_dict(case)
+    keys = [f"{p}.y" for p in c.phases]
+    _, verdicts, stdout, stderr, _ = _run_script_rows(tmp_path, render(c, make_inputs(c), target, keys, "t", "e", {}),
+                                                      expect=expect)
+    assert set(verdicts) == set(keys), stdout
+    assert not QUIET.search(stderr), stderr[-2000:]

@@ -49,6 +49,32 @@ import numpy as np  # noqa: E402
 warnings.filterwarnings("ignore")
 for _name in ("tensorflow", "absl", "jax", "torch", "onnxruntime", "keras", "h5py"):
     logging.getLogger(_name).setLevel(logging.ERROR)
+
+
+class QuietStderr:
+    """File descriptor 2 into a temporary file while the framework runs: TensorFlow's C++ libraries print their
+    start-up lines before any setting is read. What was captured is printed when the framework raises, or always
+    with BNCHECK_REPRO_VERBOSE=1."""
+
+    def __enter__(self):
+        import tempfile
+
+        sys.stderr.flush()
+        self.file = tempfile.TemporaryFile(mode="w+b")
+        self.saved = os.dup(2)
+        os.dup2(self.file.fileno(), 2)
+        return self
+
+    def __exit__(self, kind, value, tb):
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        self.file.seek(0)
+        captured = self.file.read().decode(errors="replace")
+        self.file.close()
+        if captured and (kind is not None or os.environ.get("BNCHECK_REPRO_VERBOSE") == "1"):
+            sys.stderr.write(captured)
+        return False
 '''
 
 MAIN_SOURCE = '''
@@ -66,7 +92,8 @@ def main():
           "bound: bncheck's rounding-error bound; a quantity deviates where |actual - expected| > bound, or where "
           "its NaN/Inf pattern differs")
     try:
-        obs = run(CASE, INPUTS)
+        with QuietStderr():
+            obs = run(CASE, INPUTS)
     except Exception as e:  # noqa: BLE001 - the framework cannot run the case here: neither reproduced nor fixed
         import traceback
 

@@ -78,6 +78,7 @@ def build_findings(executions: list[dict[str, Any]], cases: dict[str, dict[str, 
             g["classification"] = diag["classification"]  # a same-format peer passed one of its cases
         g["count"] += 1
         g["cases"].append(e["case_id"])
+        g.setdefault("_members", []).append((e["case_id"], diag["mode"]))
         g["channels"].update(diag["channels"])
         if g["worst"] is None or ratio > g["worst"]["ratio"]:
             g["mode"] = diag["mode"]  # the mode of the worst case (a signature may span modes)
@@ -90,16 +91,26 @@ def build_findings(executions: list[dict[str, Any]], cases: dict[str, dict[str, 
                           "deviating_targets": sorted(t for t, bad in peers.items() if bad),
                           "verdicts": [{k: x for k, x in v.items() if k not in ("ratio_value", "diagnosis")}
                                        for v in (all_verdicts or {}).get((e["case_id"], e["target"]), e["deviations"])]}
-        size = lambda cid: math.prod(cases[cid]["shape"]) * (cases[cid]["steps"] + 1)  # noqa: E731
-        if g["minimal_case"] is None or size(e["case_id"]) < size(g["minimal_case"]):
-            g["minimal_case"] = e["case_id"]
     out = []
     for g in sorted(groups.values(), key=finding_order):
+        g["minimal_case"] = minimal_member(g.pop("_members"), g["worst"]["case_id"], g["mode"], cases)
         g["channels"] = sorted(g["channels"])
         if not math.isfinite(g["worst"]["ratio"]):
             g["worst"]["ratio"] = json_float(g["worst"]["ratio"])
         out.append(g)
     return out
+
+
+def minimal_member(members: list[tuple[str, str]], worst: str, mode: str, cases: dict[str, dict[str, Any]]) -> str:
+    """The smallest case of a finding that keeps the worst case's profile (shrink.FindingProfile: the mode of its
+    first deviation, training, statistics, layout, rank, dtypes): a signature spans modes and dtypes, its minimal
+    case does not (a training finding is never reproduced by an eval-only or a float64 case of the same signature)."""
+    from ..shrink import finding_profile
+
+    want = finding_profile(cases[worst], mode)
+    size = lambda cid: math.prod(cases[cid]["shape"]) * (cases[cid]["steps"] + 1)  # noqa: E731
+    same = [cid for cid, m in members if finding_profile(cases[cid], m) == want]
+    return min(same, key=size)  # the worst case itself is one of them
 
 
 CLASS_ORDER = ("suspected-bug", "precision", "precision-outlier", "out-of-range", "convention")
