@@ -630,26 +630,43 @@ def junit_cmd(run_dir: str, out_file: str | None, baseline_file: str | None, wor
 
 # ---- replay -------------------------------------------------------------------------------------
 @main.command()
-@click.argument("case_id")
+@click.argument("case_id", required=False)
 @click.option("--target", "target_name", required=True, help="Target name, e.g. torch.nn@cpu.")
+@click.option("--against", "against", default=None, metavar="TARGET",
+              help="A second target: print both side by side, each against the other and the reference, and the "
+                   "conventions that differ between them.")
+@click.option("--case", "inline", default=None, metavar="JSON",
+              help="The case itself, as one JSON object (e.g. '{\"shape\": [8, 4]}'), instead of CASE_ID.")
 @click.option("--cases", "sources", multiple=True, metavar="SOURCE",
               help="Case file or suite to find the case in (default: the --out store, then every shipped suite).")
 @out_option
 @timeout_option
 @plugin_option
 @click.option("--elements", default=6, show_default=True, help="Elements of each tensor quantity to print.")
-def replay(case_id: str, target_name: str, sources: tuple[str, ...], out: str, timeout: float,
-           plugins: tuple[str, ...], elements: int) -> None:
-    """Re-run one case on one target bit for bit and print every quantity next to the reference."""
-    from .replay import find_case, replay_case
+def replay(case_id: str | None, target_name: str, against: str | None, inline: str | None, sources: tuple[str, ...],
+           out: str, timeout: float, plugins: tuple[str, ...], elements: int) -> None:
+    """Re-run one case (CASE_ID, or --case JSON) on one target bit for bit and print every quantity next to the
+    reference; with --against, on two targets side by side."""
+    from .replay import CaseInputError, find_case, parse_inline_case, replay_case, replay_pair
 
+    if (case_id is None) == (inline is None):
+        raise Failure("give a CASE_ID or --case JSON (one of them)", EXIT_USAGE)
     _load_plugins(plugins)
+    stored_digest = None
     try:
-        case, stored_digest = find_case(case_id, list(sources), Path(out) / FILENAME)
+        if inline is not None:
+            case = parse_inline_case(inline)
+        else:
+            case, stored_digest = find_case(case_id, list(sources), Path(out) / FILENAME)
+    except CaseInputError as e:
+        raise Failure(str(e), EXIT_USAGE) from None
     except (CaseFileError, LookupError) as e:
         raise Failure(str(e).strip("'\""), EXIT_USAGE) from None
     try:
-        status = replay_case(case, target_name, timeout, list(plugins), stored_digest, elements, click.echo)
+        if against is not None:
+            status = replay_pair(case, target_name, against, timeout, list(plugins), click.echo)
+        else:
+            status = replay_case(case, target_name, timeout, list(plugins), stored_digest, elements, click.echo)
     except LookupError as e:
         raise Failure(str(e).strip("'\""), EXIT_USAGE) from None
     except RuntimeError as e:
