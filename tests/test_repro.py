@@ -191,3 +191,15 @@ def test_scripts_of_tensorflow_and_jax_exit_with_the_verdict_and_stay_quiet(tmp_
                                                       expect=expect)
     assert set(verdicts) == set(keys), stdout
     assert not QUIET.search(stderr), stderr[-2000:]
+
+
+def test_each_small_array_stays_literal_beside_a_large_one():
+    """A 2-element input is written as its two numbers even when another array of the script needs base64."""
+    from bncheck import repro
+
+    inputs = {"train0.x": np.array([[0.25], [-1.5]], dtype=np.float32), "eval.x": np.arange(1000, dtype=np.float32)}
+    lines, npz = repro.inputs_source(inputs, "x.inputs.npz")
+    text = "\n".join(lines)
+    assert npz is None and "'train0.x': np.array([0.25, -1.5], dtype='float32').reshape((2, 1))" in text
+    back = _exec_inputs(lines)
+    assert all(back[k].tobytes() == v.tobytes() and back[k].dtype == v.dtype for k, v in inputs.items())

@@ -147,6 +147,7 @@ if __name__ == "__main__":
 LITERAL_ELEMENTS = 256  # an array of at most this many elements is written as literal values
 INLINE_BYTES = 1 << 20  # the larger ones, up to this size in all, as base64 inside the script; beyond, in an .npz beside it
 BASE64_LINE = 100
+CONTEXT_ELEMENTS = 4096  # a quantity outside the finding is shown (its expected values embedded) up to this size
 
 
 def npz_bytes(arrays: Inputs) -> bytes:
@@ -231,12 +232,15 @@ def render_files(case: Case, inputs: Inputs, target: Any, keys: list[str], title
     """The script's text, and the bytes of the .npz beside it when its arrays are too large to embed.
 
     `keys` are the finding's deviating quantities: the script exits 1 when one of them deviates. `shown` (default:
-    `keys`) are the quantities it prints, each with bncheck's expected value and bound embedded as data."""
+    `keys`) are the quantities it prints, each with bncheck's expected value and bound embedded as data: those of
+    `keys` always, the others up to CONTEXT_ELEMENTS elements each."""
     source = target.repro_source()
     shown = list(dict.fromkeys([*(shown or []), *keys])) if shown else list(keys)
     values, bound = expected_arrays(case, inputs, target, shown)
-    shown = [k for k in shown if k in values]
     keys = [k for k in keys if k in values]
+    # the other quantities are shown for context where they are small: each costs its expected values and bounds
+    shown = [k for k in shown if k in values and (k in keys or values[k].size <= CONTEXT_ELEMENTS)]
+    values, bound = {k: values[k] for k in shown}, {k: bound[k] for k in shown}
     beside: dict[str, np.ndarray] = {}
     sections = []
     for name, arrays in (("INPUTS", inputs), ("EXPECTED", values), ("BOUND", bound)):
