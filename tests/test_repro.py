@@ -203,3 +203,53 @@ def test_each_small_array_stays_literal_beside_a_large_one():
     assert npz is None and "'train0.x': np.array([0.25, -1.5], dtype='float32').reshape((2, 1))" in text
     back = _exec_inputs(lines)
     assert all(back[k].tobytes() == v.tobytes() and back[k].dtype == v.dtype for k, v in inputs.items())
+
+
+def test_elementwise_is_plain_and_embedded_verbatim():
+    """The scripts' judging is bncheck's module itself: it imports NumPy only, and a script holds its source whole."""
+    import ast
+    import inspect
+
+    from bncheck import elementwise
+    from bncheck.targets.torch_targets import TorchModule
+
+    tree = ast.parse(inspect.getsource(elementwise))
+    imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert [[a.name for a in n.names] for n in imports] == [["numpy"]]
+    case = case_from_dict({"shape": [4, 3, 5]})
+    src = render(case, make_inputs(case), TorchModule("cpu"), ["train0.y"], "t", "e", {})
+    assert inspect.getsource(elementwise).strip() in src
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_the_scripts_verdict_is_bncheck_verdict_on_perturbed_observations(dtype):
+    """Observations perturbed by 0.3 to 3 times the bound, with NaN and Inf planted: the script's judge_elements on the
+    embedded expected values and bounds deviates exactly where bncheck's compare() does."""
+    from bncheck.compare import compare
+    from bncheck.judging import expected_values
+    from bncheck.repro import expected_arrays
+    from bncheck.targets.torch_targets import TorchModule
+    from bncheck.elementwise import judge_elements
+
+    case = case_from_dict({"shape": [6, 3, 4], "dtype": dtype, "mode": "trajectory", "steps": 2, "grad": True})
+    inputs, target = make_inputs(case), TorchModule("cpu")
+    exp = expected_values(case, inputs).for_conventions(target.conventions)
+    declared = target.conventions.running_var
+    keys = sorted(exp.references[declared].values)
+    values, bound = expected_arrays(case, inputs, target, keys)
+    rng = np.random.default_rng(0)
+    agreed = {True: 0, False: 0}
+    for trial in range(12):
+        obs = {}
+        for k in keys:
+            b = np.broadcast_to(bound[k], values[k].shape)
+            scale = rng.choice([0.3, 0.9, 1.1, 3.0])
+            obs[k] = values[k] + scale * b * rng.choice([-1.0, 1.0], size=values[k].shape) * (rng.random(values[k].shape) < 0.3)
+            if trial % 4 == 3 and obs[k].size > 2:
+                obs[k].reshape(-1)[0], obs[k].reshape(-1)[1] = np.nan, np.inf
+        verdicts = {v.key: v for v in compare(case, obs, exp.references, exp.bounds, target.conventions, exp.dependent)}
+        for k in keys:
+            script = judge_elements(obs[k], values[k], bound[k])["deviates"]
+            assert script == (not verdicts[k].passed), (trial, k, verdicts[k])
+            agreed[script] += 1
+    assert agreed[True] > 50 and agreed[False] > 50, agreed

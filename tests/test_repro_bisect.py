@@ -41,11 +41,13 @@ GOOD, BAD = "np.sqrt(var + eps)", "(np.sqrt(var) + eps)"  # the regression: eps 
 
 
 def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run git in the kernel's checkout (a throwaway identity for its commits)."""
     return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=repo,
                           capture_output=True, text=True, timeout=120, check=True)
 
 
 def _commit(repo: Path, version: str, normalise: str) -> str:
+    """Commit a version of the kernel; its hash."""
     (repo / "bisectbn_kernel.py").write_text(KERNEL.format(version=version, normalise=normalise))
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", f"version {version}")
