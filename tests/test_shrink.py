@@ -7,6 +7,7 @@ the worker: no framework is needed."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 from pathlib import Path
@@ -152,3 +153,28 @@ def test_every_not_shrunk_reason_is_typed_and_fits_the_results_schema(reason):
     assert not list(jsonschema.Draft202012Validator(shrink_schema).iter_errors(rec))
     bad = {**rec, "not_shrunk": "because"}
     assert list(jsonschema.Draft202012Validator(shrink_schema).iter_errors(bad))
+
+
+def test_data_backed_findings_of_a_real_run_shrink_and_replay_from_the_output_folder(tmp_path, cli):
+    """onnx.reference's opset 9 on the onnx-conformance suite (data-backed cases): every finding shrinks to a subset
+    of its data beside its case file; `bncheck replay` finds it through the store, and its script reproduces it."""
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("onnx") is None:
+        pytest.skip("onnx is not installed")
+    out = tmp_path / "out"
+    r = cli("run", "onnx-conformance", "--targets", "onnx.reference.opset9@cpu", "--out", str(out))
+    assert r.returncode == 1, r.stderr
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["findings"]
+    for f in doc["findings"]:
+        small = doc["cases"][f["minimal_case"]]
+        assert f["shrink"]["outcome"] == "reduced" and "data" in small["regime"], f["shrink"]
+        assert (out / "findings" / f["signature"] / small["regime"]["data"]["file"]).is_file()
+        assert small["mode"] == doc["cases"][f["worst"]["case_id"]]["mode"]
+    f = doc["findings"][0]
+    replayed = cli("replay", f["minimal_case"], "--target", f["target"], "--out", str(out), cwd=tmp_path)
+    assert replayed.returncode == 1 and "DEVIATES" in replayed.stdout, replayed.stdout + replayed.stderr
+    script = subprocess.run([sys.executable, "-I", str(out / f["repro"])], capture_output=True, text=True, timeout=120)
+    assert script.returncode == 1 and "REPRODUCED" in script.stdout, script.stdout + script.stderr

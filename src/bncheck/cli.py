@@ -662,11 +662,15 @@ def replay(case_id: str | None, target_name: str, against: str | None, inline: s
         raise Failure(str(e), EXIT_USAGE) from None
     except (CaseFileError, LookupError) as e:
         raise Failure(str(e).strip("'\""), EXIT_USAGE) from None
+    from .inputs import InputDataError
+
     try:
         if against is not None:
             status = replay_pair(case, target_name, against, timeout, list(plugins), click.echo)
         else:
             status = replay_case(case, target_name, timeout, list(plugins), stored_digest, elements, click.echo)
+    except InputDataError as e:
+        raise Failure(f"{e}; or pass the case file with --cases", EXIT_USAGE) from None
     except LookupError as e:
         raise Failure(str(e).strip("'\""), EXIT_USAGE) from None
     except RuntimeError as e:

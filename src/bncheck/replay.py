@@ -32,7 +32,16 @@ def _from_store(case_id: str, store_path: Path) -> tuple[Case, str | None] | Non
         return None
     if len(rows) > 1:
         raise LookupError(f"case id prefix {case_id!r} is ambiguous in {store_path} ({len(rows)} cases); give more characters")
-    return (case_from_dict(json.loads(rows[0][1])), digest) if rows else None
+    if not rows:
+        return None
+    case = case_from_dict(json.loads(rows[0][1]))
+    if "data" in case.regime:  # a shrunk data-backed case: its data file lies beside its finding's case file
+        from .inputs import add_verified_data_file
+
+        for p in sorted((store_path.parent / "findings").glob(f"*/{case.regime['data']['file']}")):
+            add_verified_data_file(case.regime["data"]["sha256"], p.resolve())
+            break
+    return case, digest
 
 
 def find_case(case_id: str, sources: list[str], store_path: Path) -> tuple[Case, str | None]:
