@@ -55,8 +55,8 @@ def _commit(repo: Path, version: str, normalise: str) -> str:
 
 
 def test_git_bisect_run_finds_the_commit_that_broke_the_kernel(tmp_path, cli):
-    """bncheck finds eps outside the root at HEAD; its script exits 1 there and 0 on the fixed kernel, and `git bisect
-    run python repro.py` names the commit that introduced the bug."""
+    """bncheck finds eps outside the root at HEAD; its script exits 1 there and 0 on the fixed kernel, `git bisect
+    run python repro.py` names the commit that introduced the bug, and the swapped recipe the one that fixed it."""
     repo = tmp_path / "kernel"
     repo.mkdir()
     _git(repo, "init", "-q")
@@ -88,3 +88,12 @@ def test_git_bisect_run_finds_the_commit_that_broke_the_kernel(tmp_path, cli):
     bisect = subprocess.run(["git", "bisect", "run", sys.executable, str(script)], cwd=repo, capture_output=True, text=True,
                             env=run_env, timeout=300)
     assert f"{broke} is the first bad commit" in bisect.stdout, bisect.stdout + bisect.stderr
+    # and the other way round (docs/reproducing.md): the commit that fixed it, with the terms and statuses swapped
+    _git(repo, "bisect", "reset")
+    fixed = _commit(repo, "1.4", GOOD)
+    _commit(repo, "1.5", GOOD)
+    _git(repo, "bisect", "start", "--term-old=broken", "--term-new=fixed", "HEAD", broke)
+    wrapper = f"{sys.executable} {script}; s=$?; [ $s = 125 ] && exit 125; [ $s = 1 ] && exit 0; exit 1"
+    bisect = subprocess.run(["git", "bisect", "run", "sh", "-c", wrapper], cwd=repo, capture_output=True, text=True,
+                            env=run_env, timeout=300)
+    assert f"{fixed} is the first fixed commit" in bisect.stdout, bisect.stdout + bisect.stderr
