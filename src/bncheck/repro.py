@@ -31,10 +31,9 @@ PREAMBLE_SOURCE = '''
 import os
 import sys
 
-# framework logging off before any framework is imported (TensorFlow's C++ log lines, then the Python loggers and
-# warnings below), with the environment bncheck's worker sets for this framework
-for _k, _v in FRAMEWORK_ENV.items():
-    os.environ.setdefault(_k, _v)
+# the environment bncheck's worker sets for this framework (the backend Keras runs on, ...), then framework logging
+# off before any framework is imported (TensorFlow's C++ log lines, then the Python loggers and warnings below)
+os.environ.update(FRAMEWORK_ENV)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
