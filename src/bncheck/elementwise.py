@@ -44,7 +44,7 @@ def exceeds(ratio: np.ndarray) -> np.ndarray:
 
 def judge_elements(observed: np.ndarray, reference: np.ndarray, bound: np.ndarray) -> dict:
     """One quantity judged as bncheck judges it: a dict with `ratio` (per element, the reference's shape), `err`,
-    `max_rel` (largest relative error), `nonfinite` (elements whose NaN/Inf pattern differs), `worst` (index of the largest ratio, Inf first),
+    `max_rel` (largest relative error), `mismatch` (where the NaN/Inf pattern differs), `nonfinite` (elements whose NaN/Inf pattern differs), `worst` (index of the largest ratio, Inf first),
     `largest_error` (index of the largest |error|) and `deviates`."""
     observed = np.asarray(observed, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
@@ -59,5 +59,6 @@ def judge_elements(observed: np.ndarray, reference: np.ndarray, bound: np.ndarra
     with np.errstate(all="ignore"):
         rel = np.asarray(err / np.maximum(np.abs(scale), np.finfo(np.float64).tiny))
     return {"ratio": ratio, "err": np.broadcast_to(err, reference.shape), "max_rel": float(rel.max(initial=0.0)),
+            "mismatch": np.zeros(reference.shape, bool) if mismatch is None else np.broadcast_to(mismatch, reference.shape),
             "nonfinite": 0 if mismatch is None else int(np.sum(mismatch)), "worst": worst, "largest_error": largest,
             "deviates": bool(exceeds(flat).any())}

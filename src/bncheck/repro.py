@@ -101,7 +101,7 @@ def main():
         return EXIT_CANNOT_TELL
     print()
     print(f"{'quantity':<22} {'verdict':<8} {'error/bound':>11} {'max |error|':>11} {'max rel':>9}  at the element of largest "
-          "error/bound: [index] actual vs expected, |error|, bound")
+          "error/bound: [index] actual vs expected, |error|, bound (max |error| and max rel: over elements finite on both sides)")
     deviating, judged = [], []
     for key in SHOWN:
         if key not in obs:
@@ -120,9 +120,10 @@ def main():
         b = np.broadcast_to(np.asarray(BOUND[key], np.float64), o.shape)[i]
         where = ",".join(str(int(k)) for k in i)
         extra = f"; NaN/Inf pattern differs at {j['nonfinite']} elements" if j["nonfinite"] else ""
+        error = "NaN/Inf mismatch" if j["mismatch"][i] else f"{float(j['err'][i]):.4g}"
         print(f"{key:<22} {'DEVIATES' if j['deviates'] else 'pass':<8} {float(j['ratio'][i]):>11.4g} "
               f"{float(np.max(j['err'], initial=0.0)):>11.4g} {j['max_rel']:>9.3g}  [{where}] {float(o[i])!r} vs {float(EXPECTED[key][i])!r}, "
-              f"{float(j['err'][i]):.4g}, {float(b):.4g}{extra}")
+              f"{error}, {float(b):.4g}{extra}")
         if finding:
             judged.append(key)
             if j["deviates"]:
