@@ -570,6 +570,10 @@ def shrink_in_parallel(doc: dict[str, Any], discovery: Discovery, timeout: float
         mine = [f for f in top if f["target"] in names]
         if mine:
             jobs.append((lane, mine))
+    laned = {t.name for lane in lanes for t in lane.targets}
+    for f in top:  # a finding of a target that no lane runs now is not shrunk for that reason (not the cap)
+        if f["target"] not in laned:
+            f["shrink"] = not_shrunk("target-unavailable", f["minimal_case"])
 
     def work(lane: _Lane, findings: list[dict[str, Any]]) -> None:
         """Shrink one lane's findings with its worker."""
