@@ -19,8 +19,9 @@ drawn with probability proportional to the weights, fixed for the whole batch.
 
 Budgets: `time` (seconds) and `max_cases` are totals over every session of the campaign. Batch b has
 min(max_batch, FIRST_BATCH x 2**b) cases, cut to what the time left fits by the measured seconds per case and per
-batch; the last RESERVE of the time (min(shrink_time, time / 5)) shrinks the first case of each signature found
-(api.run on those cases with shrinking on, in OUT/shrink). With the same seed, targets and `max_cases` and no time
+batch; the last min(shrink_time, time / 5) seconds shrink the first case of each new finding signature (api.run on
+those cases with shrinking on, in OUT/shrink): half of them for shrinking, half for running as many first cases as the
+measured seconds per case allow (suspected bugs and critical ones first; the others wait for a resumed session). With the same seed, targets and `max_cases` and no time
 limit, a campaign draws the same cases (as long as the targets answer the same); a time limit cuts the last batch.
 
 Signals: SIGINT or SIGTERM between batches stops before the next one; during a batch, api.run stops it and the batch
@@ -67,6 +68,7 @@ MAX_BATCH = 256
 DECAY = 0.5
 BOOST = 4.0
 MAX_CASES_PER_SIGNATURE = 20  # case ids a signature lists (the first ones), as a baseline entry keeps
+SHRINK_CASE_COST = 3.0  # a first case in the shrinking run costs this many batch cases (it deviates: diagnosis, pages)
 CLASS_ORDER = ("suspected-bug", "precision", "precision-outlier", "out-of-range", "convention")
 
 
@@ -221,6 +223,13 @@ def fold(state: dict[str, Any], doc: dict[str, Any], arms: dict[str, str], batch
             if entry is not None:
                 state["cases_kept"].setdefault(cid, entry)
 
+    kept = {(e["case_id"], e["target"]) for e in state["executions_kept"]}
+
+    def keep_execution(e: dict[str, Any]) -> None:  # one execution can start two signatures (a peer outlier too)
+        if (e["case_id"], e["target"]) not in kept:
+            kept.add((e["case_id"], e["target"]))
+            state["executions_kept"].append(copy.deepcopy(e))
+
     for f in doc["findings"]:
         sig = f["signature"]
         first = min(f["cases"], key=lambda c: position.get(c, 1 << 30))
@@ -237,7 +246,7 @@ def fold(state: dict[str, Any], doc: dict[str, Any], arms: dict[str, str], batch
                                               "arm": arms.get(first, ""), "found": found, "count": 0, "shrunk": False}
             state["order"].append(sig)
             if e is not None:
-                state["executions_kept"].append(copy.deepcopy(e))
+                keep_execution(e)
             keep([first, f["worst"]["case_id"]])
             new.append(sig)
         else:
@@ -265,7 +274,7 @@ def fold(state: dict[str, Any], doc: dict[str, Any], arms: dict[str, str], batch
                                               "message": (e["message"] or "").strip().splitlines()[0][:300]
                                               if (e["message"] or "").strip() else e["status"]}
             state["order"].append(sig)
-            state["executions_kept"].append(copy.deepcopy(e))
+            keep_execution(e)
             keep([e["case_id"]])
             new.append(sig)
         rec["count"] += 1
@@ -418,15 +427,20 @@ class _Campaign:
         return max(0, n)
 
     def _learn(self, result: api.RunResult, n: int, wall: float) -> None:
-        """Update the seconds per case and per batch from one batch's phase times."""
-        executing = float(result.timings.get("executing", 0.0))
-        per_case = executing / n if n else 0.0
-        per_batch = max(0.0, wall - executing)
+        """Update the seconds per batch (starting the frameworks) and per case (executing, judging and the reports,
+        which grow with the batch) from one batch's phase times."""
+        per_batch = float(result.timings.get("starting frameworks", 0.0))
+        per_case = max(0.0, wall - per_batch) / n if n else 0.0
         est = self.state["estimate"]
-        if est.get("per_case_s"):  # a moving average, so that one slow batch does not stop the campaign
-            per_case = 0.5 * (per_case + est["per_case_s"])
-            per_batch = 0.5 * (per_batch + est["per_batch_s"])
+        if est.get("per_case_s"):  # the slower of the last batch and the running mean: the last batch may not overrun
+            per_case = max(per_case, 0.5 * (per_case + est["per_case_s"]))
+            per_batch = max(per_batch, 0.5 * (per_batch + est["per_batch_s"]))
         est.update(per_case_s=round(max(per_case, 1e-4), 6), per_batch_s=round(per_batch, 4))
+
+    def _unshrunk(self) -> list[str]:
+        """Finding signatures whose first case is not shrunk yet."""
+        st = self.state
+        return [s for s in st["order"] if st["signatures"][s]["kind"] == "finding" and not st["signatures"][s]["shrunk"]]
 
     # -- phases --
     def run_batch(self, batch: int, n: int, weights: dict[str, float] | None = None) -> None:
@@ -486,20 +500,27 @@ class _Campaign:
         """Shrink the first case of every finding signature not shrunk yet (one api.run, shrinking on), and copy its
         reproduction scripts."""
         st, r = self.state, self.options.run
-        todo = [s for s in st["order"] if st["signatures"][s]["kind"] == "finding" and not st["signatures"][s]["shrunk"]]
+        from .report.results import finding_order
+
+        todo = sorted(self._unshrunk(), key=lambda s: finding_order(st["signatures"][s]["finding"]))  # bugs first
         if not todo or not (r.shrink or r.repro):
             return
+        seconds, limit = r.shrink_time, len(todo)
+        if self.options.time is not None:  # the reserve: half shrinking, half running the first cases and the reports
+            half = max(1.0, (self.options.time - self.elapsed()) / 2)
+            seconds = min(seconds, half)
+            est = st["estimate"]
+            limit = max(1, int((half - est.get("per_batch_s", 0.0)) / (SHRINK_CASE_COST * est.get("per_case_s", 0.01))))
         cases, seen = [], set()
         for s in todo:
             cid = st["signatures"][s]["first_case"]
-            if cid not in seen:
+            if cid not in seen and len(seen) < limit:
                 seen.add(cid)
                 entry = st["cases_kept"][cid]
                 cases.append(case_from_dict({k: v for k, v in entry.items() if k not in ("description", "metrics")}))
+        skipped = [s for s in todo if st["signatures"][s]["first_case"] not in seen]
+        todo = [s for s in todo if st["signatures"][s]["first_case"] in seen]
         targets = ",".join(sorted({st["signatures"][s]["finding"]["target"] for s in todo}))
-        seconds = r.shrink_time
-        if self.options.time is not None:
-            seconds = max(1.0, min(seconds, self.options.time - self.elapsed() - st["estimate"].get("per_batch_s", 0.0)))
         self.log(f"bncheck: fuzz: shrinking the first cases of {len(todo)} signatures ({seconds:.0f} s)")
         work = self.out / SHRINK_WORK
         shutil.rmtree(work, ignore_errors=True)
@@ -528,6 +549,10 @@ class _Campaign:
                     shutil.copyfile(work / f["repro"], self.out / f["repro"])
                     g["repro"] = f["repro"]
             st["signatures"][s]["shrunk"] = True
+        for s in skipped:  # left for the next session (bncheck fuzz --resume); until then it says why
+            g = st["signatures"][s]["finding"]
+            g["shrink"] = {"attempts": 0, "reduced": False, "from_case": g["minimal_case"],
+                           "skipped": "no time left in this session (a resumed session shrinks it)"}
         shutil.rmtree(work, ignore_errors=True)
 
     def go(self) -> FuzzResult:

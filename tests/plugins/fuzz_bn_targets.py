@@ -7,11 +7,16 @@ of tests/test_bounds.py, on every case it expresses:
   mean offsets (precision, a NaN where the variance cancels below zero) and agrees elsewhere;
 * `fuzzbn.epsout` - eps outside the square root: deviates where eps is not negligible against the variance;
 * `fuzzbn.correct` - a correct float32 (float64) kernel.
+
+With FUZZBN_SLEEP=S in the environment each execution first sleeps S seconds, so that a test can signal a campaign
+while a batch runs.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +50,7 @@ class _FuzzBN(Target):
 
     def run(self, case: Case, inputs: Any) -> dict[str, np.ndarray]:
         """The emulated kernel's observation."""
+        time.sleep(float(os.environ.get("FUZZBN_SLEEP", "0")))
         acc = np.float64 if case.dtype == "float64" else np.float32
         return emulate(case, inputs, Kernel(acc=acc, **self.kernel))
 
