@@ -121,6 +121,9 @@ def test_campaign_keeps_one_execution_per_signature_and_its_results_feed_gate_an
     r = fuzz.fuzz(_options(max_cases=24, seed=1, shrink=3), out=out)
     doc = json.loads((out / "results.json").read_text())
     Results.typed(doc)
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((ROOT / "src" / "bncheck" / "schemas" / "results.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(doc)
     sigs = doc["summary"]["fuzz"]["signatures"]
     assert r.status == "complete" and fuzz.exit_status(r) == 1 and doc["summary"]["cases"] == 24
     assert len(sigs) == len({s["signature"] for s in sigs}) >= 5

@@ -405,9 +405,9 @@ def fuzz_cmd(ctx: click.Context, time_text: str | None, max_cases: int | None, s
     log = lambda message: click.echo(message, err=True)  # noqa: E731
     try:
         if resume:
-            fixed = _given(ctx, "seed", "pattern", "max_batch")
+            fixed = _given(ctx, "seed", "pattern", "max_batch", "plugins")
             if fixed:
-                name = {"pattern": "--targets", "max_batch": "--max-batch"}.get(min(fixed), f"--{min(fixed)}")
+                name = {"pattern": "--targets", "max_batch": "--max-batch", "plugins": "--plugin"}.get(min(fixed), f"--{min(fixed)}")
                 raise Failure(f"--resume takes no {name} (the campaign keeps the ones it started with)", EXIT_USAGE)
             given = _given(ctx, "timeout", "shrink", "shrink_time", "memory_limit", "repro")
             values = {"timeout": timeout, "shrink": shrink, "shrink_time": shrink_time, "memory_limit": memory_limit,

@@ -44,7 +44,7 @@ import signal
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,19 +116,27 @@ def _quiet(_message: str) -> None:
 # ---- state --------------------------------------------------------------------------------------
 def _new_state(options: FuzzOptions, command: str) -> dict[str, Any]:
     """A campaign that has run nothing yet."""
-    r = options.run
     return {"schema": STATE_SCHEMA, "schema_version": STATE_VERSION,
             "campaign_id": "fuzz-" + time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6],
             "command": command, "created": time.time(), "seed": options.seed,
             "budget": {"time_s": options.time, "max_cases": options.max_cases},
-            "options": {"targets": r.targets, "plugins": list(r.plugins), "timeout": r.timeout, "shrink": r.shrink,
-                        "shrink_time": r.shrink_time, "memory_limit": r.memory_limit, "repro": r.repro,
-                        "max_batch": options.max_batch},
+            "options": {**run_options_json(options.run), "max_batch": options.max_batch},
             "status": "running", "elapsed_s": 0.0, "sessions": [], "batches": 0, "cases": 0, "executions": 0,
             "deviating_executions": 0, "by_status": {s: 0 for s in STATUSES}, "by_target": {}, "broken_targets": [],
             "estimate": {}, "arms": {a: {"cases": 0, "new": 0, "recent": 0.0} for a in FUZZ_ARMS},
             "signatures": {}, "order": [], "cases_kept": {}, "executions_kept": [], "targets": [], "manifest": {},
             "pending": None}
+
+
+def run_options_json(options: api.RunOptions) -> dict[str, Any]:
+    """Every field of RunOptions as JSON (so that fields it gains, an executor say, are kept for --resume too)."""
+    return {f.name: list(v) if isinstance(v := getattr(options, f.name), tuple) else v for f in fields(options)}
+
+
+def run_options_from_json(d: dict[str, Any]) -> api.RunOptions:
+    """RunOptions from run_options_json's object; fields this RunOptions does not have are ignored."""
+    known = {f.name: f for f in fields(api.RunOptions)}
+    return api.RunOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
 
 
 def load_state(out: Path) -> dict[str, Any]:
@@ -548,7 +556,9 @@ class _Campaign:
                 if f.get("repro") and (work / f["repro"]).is_file():
                     shutil.copyfile(work / f["repro"], self.out / f["repro"])
                     g["repro"] = f["repro"]
-            st["signatures"][s]["shrunk"] = True
+            # tried, or never shrinkable (a peer outlier): done; left out by the run's own limit: the next session's
+            st["signatures"][s]["shrunk"] = bool(g["shrink"].get("attempts") or g["shrink"].get("reduced")
+                                                 or f is None or g["classification"] == "precision-outlier")
         for s in skipped:  # left for the next session (bncheck fuzz --resume); until then it says why
             g = st["signatures"][s]["finding"]
             g["shrink"] = {"attempts": 0, "reduced": False, "from_case": g["minimal_case"],
@@ -626,8 +636,7 @@ def resume(out: str | Path = "fuzz", *, time_s: float | None = None, max_cases: 
         budget["time_s"] = time_s
     if max_cases is not None:
         budget["max_cases"] = max_cases
-    run = api.RunOptions(targets=o["targets"], plugins=tuple(o["plugins"]), timeout=o["timeout"], shrink=o["shrink"],
-                         shrink_time=o["shrink_time"], memory_limit=o["memory_limit"], repro=o["repro"])
+    run = run_options_from_json(o)
     options = FuzzOptions(time=budget["time_s"], max_cases=budget["max_cases"], seed=state["seed"],
                           max_batch=o["max_batch"], run=run)
     _check(options)
