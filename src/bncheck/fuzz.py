@@ -514,6 +514,12 @@ class _Campaign:
         if not todo or not (r.shrink or r.repro):
             return
         seconds, limit = r.shrink_time, len(todo)
+        if self.options.time is not None and self.options.time - self.elapsed() < st["estimate"].get("per_batch_s", 0.0):
+            for s in todo:  # the budget is spent (a resumed session given less time than was used): shrink later
+                g = st["signatures"][s]["finding"]
+                g.setdefault("shrink", {"attempts": 0, "reduced": False, "from_case": g["minimal_case"],
+                                        "skipped": "no time left in this session (a resumed session shrinks it)"})
+            return
         if self.options.time is not None:  # the reserve: half shrinking, half running the first cases and the reports
             half = max(1.0, (self.options.time - self.elapsed()) / 2)
             seconds = min(seconds, half)
