@@ -245,3 +245,22 @@ def test_sigterm_stops_a_real_campaign_with_143_and_resume_completes_it_as_if_un
                     "--seed", "9", "--shrink", "0", "--no-repro", timeout=120)
     assert whole.returncode == 1, whole.stderr
     assert _signatures(resumed) == _signatures(json.loads((tmp_path / "w" / "results.json").read_text()))
+
+
+@pytest.mark.slow
+def test_sigint_between_or_during_batches_exits_130_with_the_campaign_stored(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) once the first batch is folded: exit 130, the state and results.json say interrupted, and the
+    results written so far are a results document the gate reads."""
+    out = tmp_path / "i"
+    p = _start(out, "--max-cases", "500", "--shrink", "0", "--no-repro", sleep=0.01)
+    stop = time.monotonic() + 60
+    while time.monotonic() < stop and not (out / fuzz.STATE).exists():
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.02)
+    p.send_signal(signal.SIGINT)
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130, stderr
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["run"]["status"] == "interrupted" and json.loads((out / fuzz.STATE).read_text())["status"] == "interrupted"
+    assert 8 <= doc["summary"]["cases"] < 500 and not decide(doc, make_baseline(doc, date.today()), Policy(),
+                                                              date.today()).passed  # an interrupted run fails the gate

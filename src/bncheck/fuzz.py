@@ -459,6 +459,7 @@ class _Campaign:
         pairs = batch_cases(st["seed"], batch, n, weights)
         arms = {c.case_id: a for c, a in pairs}
         st["pending"] = {"batch": batch, "cases": n, "weights": weights, "run_id": None}
+        shutil.rmtree(self.out / WORK, ignore_errors=True)  # what a killed session (SIGKILL, power) left there
         t0 = time.monotonic()
         opts = replace(self.options.run, shrink=0, repro=False)
         log = self.log if self.batches_this_session == 0 else _quiet
