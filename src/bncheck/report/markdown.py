@@ -195,10 +195,14 @@ def issue_body(doc: dict[str, Any], f: dict[str, Any], out_dir: Path | None = No
               f"Re-run it with bncheck (`pip install bncheck`; the line above as `case.jsonl`): "
               f"`bncheck run case.jsonl --targets {shlex.quote(f['target'])}{plugins}`", "",
               "## Minimal reproduction", ""] + _repro(f, Path(out_dir) if out_dir is not None else None)
-    lines += ["", "## Hypothesis", "",
-              f"**{f['hypothesis']}**: {f['explanation']}. Residual {fmt(w.get('residual'))} (the worst error / bound "
-              "of the deviating quantities it models once it is applied to the reference; at most 1: it explains "
-              "them)." + (" The conventions record declares this behaviour." if f.get("documented") else ""), ""]
+    if w.get("residual") is None:
+        fit = ("No hypothesis bncheck knows brings every deviating quantity back within its bound; the closest are "
+               "below, with their residuals (the worst error / bound of the deviating quantities each models).")
+    else:
+        fit = (f"Residual {fmt(w['residual'])} (the worst error / bound of the deviating quantities it models once it "
+               "is applied to the reference; at most 1: it explains them)."
+               + (" The conventions record declares this behaviour." if f.get("documented") else ""))
+    lines += ["", "## Hypothesis", "", f"**{f['hypothesis']}**: {f['explanation']}. {fit}", ""]
     alts = f.get("alternatives") or []
     if alts:
         lines += ["| alternative | kind | residual | explains | why it was not chosen |", "|---|---|---|---|---|"]
