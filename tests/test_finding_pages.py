@@ -67,6 +67,17 @@ def test_every_finding_page_agrees_with_its_verdicts_and_inputs(run: Path):
     doc = json.loads((run / "results.json").read_text())
     findings = doc["findings"]
     assert len(findings) >= 30
+    from bncheck.results import Results
+
+    assert Results.typed(doc).to_json() == doc  # first_deviation and alternatives are typed records
+    try:
+        import jsonschema
+    except ImportError:  # the test tools' extra; the typed parse above still holds
+        jsonschema = None
+    if jsonschema is not None:
+        schema = json.loads((Path(__file__).resolve().parents[1] / "src/bncheck/schemas/results.schema.json").read_text())
+        errors = list(jsonschema.Draft202012Validator(schema).iter_errors(doc))
+        assert not errors, (list(errors[0].absolute_path), errors[0].message)
     kinds = set()
     for f in findings:
         w = f["worst"]
