@@ -9,8 +9,9 @@ Non-finite floats have one encoding, here: JSON has no literal for them, so `jso
 as the strings "inf", "-inf" and "nan", and `parse_float` reads them back. Every module that writes such a value
 into a document calls `json_float`.
 
-Nested records whose shape belongs to the module that makes them stay plain JSON objects here, documented by the
-schema: a finding's `worst` case (report/results.py), verdicts (compare.Verdict.to_dict), diagnoses
+What a finding's page states about its worst case is typed here (`FirstDeviation`, `Alternative`: the page, the
+markdown issue bodies and the charts read every number from them). Nested records whose shape belongs to the module
+that makes them stay plain JSON objects here, documented by the schema: a finding's `worst` case (report/results.py), verdicts (compare.Verdict.to_dict), diagnoses
 (diagnose.Diagnosis.to_dict), conventions (targets.base.Conventions.to_dict) and the run's manifest.
 """
 
