@@ -178,6 +178,10 @@ def test_report_markdown_writes_issue_bodies_and_a_summary(run: Path, tmp_path: 
     summary = (run / "summary.md").read_text()
     assert "gate FAILED" in summary.splitlines()[0] and "1 failing (1 new, 0 worse, 0 expired)" in summary
     assert f"| `{dropped['signature']}` |" in summary
+    # --format html writes the report again from results.json, hypothesis pages included
+    (run / "index.html").unlink()
+    r = run_cli("report", str(run))
+    assert r.returncode == 0 and (run / "index.html").is_file() and (run / "hypotheses" / "index.html").is_file(), r.stderr
 
 
 def test_report_bad_input_is_one_line_and_its_exit_status(tmp_path: Path):
