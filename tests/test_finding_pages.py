@@ -194,3 +194,22 @@ def test_report_bad_input_is_one_line_and_its_exit_status(tmp_path: Path):
     r = run_cli("report", "--format", "markdown", str(tmp_path))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a bncheck results document" in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_issue_body_cites_the_hypothesis_and_the_record_upstream_issues():
+    """An issue body lists the known upstream issues of its hypothesis (bncheck.catalogue) and those the target's
+    conventions record cites (Conventions.upstream_issues); an unknown hypothesis says none is recorded."""
+    from bncheck.report.markdown import issue_body
+    from bncheck.targets.keras_targets import TORCH_CONVENTIONS
+    from test_report_html import make_doc
+
+    doc = make_doc()
+    f = doc["findings"][0]
+    f.update(hypothesis="one-pass-variance", severity="critical", classification="precision")
+    target = next(t for t in doc["targets"] if t["name"] == f["target"])
+    target["conventions"] = TORCH_CONVENTIONS.to_dict()
+    body = issue_body(doc, f)
+    assert "https://github.com/google/flax/issues/1491" in body  # the hypothesis's
+    assert all(u in body for u in TORCH_CONVENTIONS.upstream_issues) and TORCH_CONVENTIONS.upstream_issues
+    f["hypothesis"] = "a-plugin-hypothesis"
+    assert "No known upstream issue about `a-plugin-hypothesis`" in issue_body(doc, f)

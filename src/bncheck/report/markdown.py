@@ -153,9 +153,13 @@ def _upstream(f: dict[str, Any], doc: dict[str, Any]) -> list[str]:
     else:
         out.append(f"No known upstream issue about `{f['hypothesis']}` is recorded in bncheck's catalogue.")
     target = next((t for t in doc["targets"] if t["name"] == f["target"]), {})
-    sources = (target.get("conventions") or {}).get("sources") or []
+    conventions = target.get("conventions") or {}
+    cited = conventions.get("upstream_issues") or []
+    if cited:
+        out += ["", f"Known upstream issues `{f['target']}`'s conventions record cites:", ""] + [f"* {u}" for u in cited]
+    sources = conventions.get("sources") or []
     if sources:
-        out += ["", f"What `{f['target']}`'s conventions record cites:", ""] + [f"* {_cell(s)}" for s in sources]
+        out += ["", f"The sources `{f['target']}`'s conventions record is drawn from:", ""] + [f"* {_cell(s)}" for s in sources]
     return out
 
 
