@@ -738,6 +738,38 @@ def junit_cmd(run_dir: str, out_file: str | None, baseline_file: str | None, wor
     click.echo(f"{target}: {len(doc.get('executions') or [])} test cases{failures}")
 
 
+REPORT_FORMATS = ("html", "markdown")
+
+
+@main.command("report")
+@click.argument("run_dir", metavar="OUT")
+@click.option("--format", "fmt", default="html", show_default=True, metavar="FORMAT",
+              help="html: index.html and the finding and hypothesis pages again; markdown: OUT/summary.md and "
+                   "OUT/issues/<signature>.md (one per critical or suspected-bug finding).")
+@click.option("--baseline", "baseline_file", default=None, type=click.Path(dir_okay=False),
+              help="markdown: the summary lists what fails the gate against this baseline (new, worse, expired).")
+@factor_option
+@fail_on_option
+@allow_critical_option
+def report_cmd(run_dir: str, fmt: str, baseline_file: str | None, worse_factor: float, fail_on: str | None,
+               allow_critical: bool) -> None:
+    """Write the report of the run in OUT again from its results.json: HTML, or markdown for issues and CI summaries."""
+    if fmt not in REPORT_FORMATS:
+        raise Failure(f"--format {fmt!r}: choose one of {', '.join(REPORT_FORMATS)}", EXIT_USAGE)
+    doc, path = _read_results(run_dir)
+    decision = _decision(doc, run_dir, baseline_file, worse_factor, fail_on, allow_critical) if baseline_file else None
+    if fmt == "html":
+        from .report.html import write_html
+
+        write_html(doc, path.with_name("index.html"))
+        click.echo(f"{path.with_name('index.html')}: {len(doc['findings'])} finding pages")
+        return
+    from .report.markdown import write_markdown
+
+    written = write_markdown(doc, path.parent, decision)
+    click.echo(f"{written[-1]}: run summary; {len(written) - 1} issue bodies under {path.parent / 'issues'}")
+
+
 # ---- replay -------------------------------------------------------------------------------------
 @main.command()
 @click.argument("case_id")
