@@ -21,7 +21,7 @@ import pytest
 from bncheck.cases import case_from_dict
 from bncheck.diagnose import HYPOTHESES
 from bncheck.inputs import make_inputs
-from bncheck.report import svg
+from bncheck.report import markdown, svg
 from bncheck.report.html import page_name
 from conftest import run_cli
 
@@ -168,7 +168,10 @@ def test_report_markdown_writes_issue_bodies_and_a_summary(run: Path, tmp_path: 
         assert (f"Residual {svg.fmt(res)}" if res is not None else "No hypothesis bncheck knows brings") in body
         if f.get("repro"):
             script = (run / f["repro"]).read_text().rstrip("\n")
-            assert f"```python\n{script}\n```" in body
+            if len(script.encode()) <= markdown.MAX_INLINE_REPRO:  # unshrunk cases embed their expected values too
+                assert f"```python\n{script}\n```" in body
+            else:
+                assert f"`{f['repro']}` (" in body and "too large to inline; attach it" in body
     summary = (run / "summary.md").read_text()
     assert summary.startswith(f"## bncheck: {len(doc['findings'])} findings")
     assert all(f"`issues/{s}.md`" in summary for s in wanted)
