@@ -34,8 +34,10 @@ audit: setup
 	if [ $$status -eq 1 ]; then echo "(exit status 1: deviations found; see $(OUT)/index.html)"; fi; \
 	[ $$status -le 1 ]
 
+# Test files run in parallel, one file per process (its framework workers are shared within a file); at most 4
+# processes, since each may start several frameworks
 test: setup browser
-	$(BIN)/python -m pytest -q -ra --durations=15
+	$(BIN)/python -m pytest -q -ra --durations=15 -n auto --maxprocesses 4 --dist loadfile
 
 clean:
 	rm -rf $(VENV) $(OUT)/index.html $(OUT)/results.json $(OUT)/results.xml $(OUT)/results.sqlite* $(OUT)/findings $(OUT)/repro

@@ -295,6 +295,18 @@ def test_fault_is_diagnosed(case: Case, observe: Kernel | Observe, conventions: 
     assert d.explanation == HYPOTHESES[hypothesis].explanation
     assert hypothesis not in (n for n, _ in d.alternatives), "the winner is not listed again among the alternatives"
     assert d.hypothesis_errors == [], f"hypotheses raised: {d.hypothesis_errors}"
+    # every alternative says why it lost, and the reason is the ranking rule its kind against the winner's implies
+    assert [(w["hypothesis"], w["residual"]) for w in d.why_not] == list(d.alternatives)
+    kind = HYPOTHESES[hypothesis].kind
+    for w in d.why_not:
+        assert w["explains"] == (w["residual"] <= 1.0) and (w["rule"] == "does-not-explain") == (not w["explains"]), w
+        if w["explains"] and kind == "range":
+            assert w["rule"] == "range-first", w
+        elif w["explains"] and w["rule"] != "fewer-quantities":
+            assert w["rule"] == {("formula", "precision"): "formula-first", ("formula", "formula"): "closer-formula"}.get(
+                (kind, w["kind"]), w["rule"]), w
+            assert kind != "precision" or w["rule"] in ("documented-first", "looser-bound", "more-unconstrained",
+                                                        "closer-model"), w
     if classification == "out-of-range":
         assert hypothesis in [i["hypothesis"] for i in d.out_of_range] and all(i["description"] for i in d.out_of_range), d.out_of_range
 

@@ -121,7 +121,8 @@ def test_the_readme_ci_recipe_passes_clean_and_fails_on_a_regression(installed):
     gating = [n for n in steps if n not in install]
     assert any("gate" in steps[n] for n in gating) and any("junit" in steps[n] for n in gating)
     repo = installed["sample"]
-    env = installed["env"]
+    step_summary = repo / "step-summary.md"  # what GitHub Actions shows as the job summary
+    env = {**installed["env"], "GITHUB_STEP_SUMMARY": str(step_summary)}
     first = next(n for n in gating if "bncheck run" in steps[n])
     r = _sh(steps[first], repo, env)  # once, to accept today's findings, as the README says
     assert r.returncode == 0, r.stdout + r.stderr
@@ -130,6 +131,9 @@ def test_the_readme_ci_recipe_passes_clean_and_fails_on_a_regression(installed):
     for name in gating:
         r = _sh(steps[name], repo, env)
         assert r.returncode == 0, f"step {name!r} failed on the clean state:\n{r.stdout}\n{r.stderr}"
+    assert any("GITHUB_STEP_SUMMARY" in steps[n] for n in gating)
+    assert step_summary.read_text().startswith("## bncheck:") and "gate passed" in step_summary.read_text()
+    step_summary.unlink()
     broken = {**env, "MYKERNELS_REGRESS": "1"}
     statuses = {}
     for name in gating:
@@ -138,3 +142,5 @@ def test_the_readme_ci_recipe_passes_clean_and_fails_on_a_regression(installed):
     assert statuses[first].returncode == 0  # 'deviations found' is not a failure of the run step
     assert statuses[gate].returncode == 1, statuses[gate].stdout + statuses[gate].stderr
     assert re.search(r"^FAIL \w+ mykernels\.bn@cpu .*eps-outside-sqrt.*new: not in the baseline", statuses[gate].stdout, re.M)
+    posted = step_summary.read_text()  # the job summary says so too, with the new finding's row
+    assert "gate FAILED" in posted.splitlines()[0] and re.search(r"^\| `\w+` \| `mykernels\.bn@cpu` \|.*eps-outside-sqrt", posted, re.M)

@@ -106,7 +106,7 @@ def test_a_signal_after_execution_writes_interrupted_reports_and_resume_complete
     run_id = doc["run"]["run_id"]
     assert f"--resume {run_id}" in r.stdout
     if phase == "shrink":
-        assert all(f["shrink"]["skipped"] == "the run was interrupted while shrinking" for f in doc["findings"])
+        assert all(f["shrink"]["not_shrunk"] == "interrupted" and f["shrink"]["skipped"] == "the run was interrupted while shrinking" for f in doc["findings"])
     assert not list(out.rglob("*.tmp"))
     resumed = run_cli("run", "--resume", run_id, "--out", str(out))
     assert resumed.returncode == 1, resumed.stderr  # complete now, with its finding

@@ -114,7 +114,10 @@ def make_doc(n_exec: int = 40, n_findings: int = 6, sources=("smoke",), big_case
             "worst": {"case_id": cid, "ratio": "inf" if j == 1 else 12.0, "residual": 0.4 if j % 3 else None,
                       "first": first, "step": 0, "deviating": deviating,
                       "conditioning": {"worst_channel": 1, "mean_over_std": 0.05, "eps_over_var": 1e-5, "gamma": 1.1,
-                                       "error_vs_offset_rank_correlation": 0.5},
+                                       "relative_error": 1e-3, "error_vs_offset_rank_correlation": 0.5,
+                                       "channel_mean_over_std": [0.01 * (c + 1) for c in range(case.channels)],
+                                       "channel_eps_over_var": [1e-5] * case.channels,
+                                       "channel_gamma": [1.0 + 0.1 * c for c in range(case.channels)]},
                       "alternatives": [["eps-outside-sqrt", 7.5], ["unbiased-normalisation", "inf"]],
                       "agreeing_targets": ["torch.nn@cpu"], "deviating_targets": [TARGETS[j % len(TARGETS)]],
                       "verdicts": verdicts},
@@ -240,7 +243,15 @@ def test_finding_page_has_charts_case_repro_and_manifest(tmp_path):
     assert {"channel-errors", "conditioning", "verdict-heatmap"} <= set(kinds)
     for s in svgs(html):
         ET.fromstring(s)  # well-formed
-    assert "recomputed from the case" in html  # small case: per-channel |mean|/std drawn from its inputs
+    # the worst channel is the first verdict's channel of largest error / bound (channel 2 of make_doc's ratios), not
+    # the diagnosis's channel of largest relative error (1): the table, the outlined bar and the ring all name it
+    first = next(v for v in f["worst"]["verdicts"] if v["key"] == f["worst"]["first"])
+    worst = max(range(len(first["channel_ratios"])), key=lambda c: (first["channel_ratios"][c], -c))
+    assert worst == 2
+    assert f'<td data-value="channel">{worst}</td>' in html
+    assert re.findall(r'class="highlight" data-highlight="(\d+)"', html) == [str(worst), str(worst)]
+    assert f'<td data-value="mean-over-std">{svg.fmt(0.01 * (worst + 1))}</td>' in html
+    assert 'data-value="relative-channel">channel 1 ' in html
     assert f["hypothesis"] in html and "eps-outside-sqrt" in html and "7.5" in html
     assert 'id="minimal-json"' in html and 'data-copy="repro-script"' in html
     assert "print(&#39;x &lt; y &amp; z&#39;)" in html  # the script, escaped, inline
@@ -261,11 +272,15 @@ def test_trajectory_finding_draws_running_statistics_per_step(tmp_path):
     assert 'data-chart="trajectory"' not in render_finding(doc, j, tmp_path)
 
 
-def test_large_case_falls_back_to_the_recorded_worst_channel(tmp_path):
+def test_large_case_draws_conditioning_from_the_recorded_channels(tmp_path):
+    """The conditioning chart of a case too large to draw its inputs at render time comes from the recorded
+    per-channel conditioning, ringed at the worst channel; a document without it draws no such chart."""
     doc = make_doc(big_case=True)
     i = next(i for i, f in enumerate(doc["findings"]) if doc["cases"][f["worst"]["case_id"]]["shape"][0] == 64)
     html = render_finding(doc, i, tmp_path)
-    assert 'data-chart="conditioning"' in html and "worst channel only" in html and "too large" in html
+    assert 'data-chart="conditioning"' in html and re.search(r'<circle class="highlight" data-highlight="2"', html)
+    del doc["findings"][i]["worst"]["conditioning"]["channel_mean_over_std"]
+    assert 'data-chart="conditioning"' not in render_finding(doc, i, tmp_path)
 
 
 def test_missing_repro_file_and_non_finite_values_render(tmp_path):

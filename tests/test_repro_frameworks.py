@@ -57,7 +57,8 @@ g["run"] = capture
 g["main"]()
 np.savez(dest, **{k: np.asarray(v) for k, v in saved.items()})
 """
-ROW = re.compile(r"^(\S+\.\S+)\s+([0-9.e+-]+|inf|nan)\s+([0-9.e+-]+|inf|nan)\s+\[")
+# a printed row: quantity, verdict, error / bound, max |error|, max rel, then the element of largest error / bound
+ROW = re.compile(r"^(\S+\.\S+)\s+(?:pass|DEVIATES)\s+(?:[0-9.e+-]+|inf|nan)\s+([0-9.e+-]+|inf|nan)\s+([0-9.e+-]+|inf|nan)\s+\[")
 
 # deviations that are real and left visible on the benign case (measured; see each family's conventions notes):
 # the exporter writes an inference node for a module in training mode; onnx.reference's BatchNormalization_9
@@ -104,7 +105,7 @@ def _start_script(tmp_path: Path, family: str, case: Case, inputs: dict[str, np.
     cv = family_class(family).conventions
     keys = [f"{p}.{q}" for p in case.phases for q in QUANTITIES if q in cv.quantities + cv.optional_quantities]
     script = tmp_path / "repro.py"
-    script.write_text(render(case, inputs, family_class(family)("cpu"), keys, "t", "e", {}), encoding="utf-8")
+    script.write_text(render(case, inputs, family_class(family)("cpu"), keys, "t", "e", {}, shown=keys), encoding="utf-8")
     return subprocess.Popen([sys.executable, "-I", "-c", HARNESS, str(script), str(tmp_path / "out.npz")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
 

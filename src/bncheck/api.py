@@ -536,7 +536,7 @@ class _Session:
 
         Shrinking and the scripts stop at a signal; building and writing the reports hold it (noted, then the run
         ends as interrupted), and a second signal stops the writing."""
-        from .report.results import build_results
+        from .report.results import FINDINGS_DIR, build_results
 
         store, run_id, opts = self.store, self.run_id, self.options
         assert store is not None
@@ -555,8 +555,8 @@ class _Session:
             cancel = threading.Event()
             try:
                 self.executor.shrink(doc, discovery, opts.timeout, budget=opts.shrink, limit=SHRINK_LIMIT,
-                                     seconds=opts.shrink_time, cancel=cancel)
-                _mark_unshrunk(doc, f"only the first {SHRINK_LIMIT} findings of a run are shrunk")
+                                     seconds=opts.shrink_time, cancel=cancel, data_dir=self.out / FINDINGS_DIR)
+                _mark_unshrunk(doc, "finding-cap")
             except KeyboardInterrupt as e:
                 cancel.set()
                 interrupted, status = self.signals.note(e), "interrupted"
@@ -566,10 +566,10 @@ class _Session:
                         doc = build_results(store, run_id)  # the shrinking threads may still touch the old one
                 except KeyboardInterrupt as e2:
                     raise self._interrupted_unwritten(e2) from None
-                _mark_unshrunk(doc, "the run was interrupted while shrinking")
+                _mark_unshrunk(doc, "interrupted")
             self.clock.lap("shrinking")
         elif doc["findings"]:
-            _mark_unshrunk(doc, "the run is incomplete" if status != "complete" else "shrinking is off (--shrink 0)")
+            _mark_unshrunk(doc, "run-incomplete" if status != "complete" else "shrink-off")
         doc["run"]["status"] = status
         if opts.repro:
             try:
@@ -635,10 +635,12 @@ class _Session:
             return False
 
 
-def _mark_unshrunk(doc: dict[str, Any], why: str) -> None:
-    """Give every finding without a shrink record one that says why it was not shrunk."""
+def _mark_unshrunk(doc: dict[str, Any], reason: str) -> None:
+    """Give every finding without a shrink record one that says why it was not shrunk (a shrink.NOT_SHRUNK reason)."""
+    from .shrink import not_shrunk
+
     for f in doc["findings"]:
-        f.setdefault("shrink", {"attempts": 0, "reduced": False, "from_case": f["minimal_case"], "skipped": why})
+        f.setdefault("shrink", not_shrunk(reason, f["minimal_case"], limit=SHRINK_LIMIT))
 
 
 def _open_for_resume(out: Path, resume: str) -> tuple[Store, str]:

@@ -353,6 +353,116 @@ def audit(suite: str, pattern: str | None, out: str, timeout: float, shrink: int
     sys.exit(_execute_run(api.audit, suite, out=out, options=options))
 
 
+# ---- fuzz ---------------------------------------------------------------------------------------
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '2m', '1h', '1h30m' -> seconds; ValueError for anything else (or for zero)."""
+    import re
+
+    t = text.strip().lower()
+    parts = re.fullmatch(r"((?:\d+(?:\.\d+)?[hms])+|\d+(?:\.\d+)?)", t)
+    if not parts:
+        raise ValueError(text)
+    if t[-1].isdigit():
+        seconds = float(t)
+    else:
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([hms])", t))
+    if not seconds > 0:
+        raise ValueError(text)
+    return seconds
+
+
+def _fuzz_report(result: Any) -> None:
+    """The campaign's signatures on stdout, new ones marked, then its totals and where the files are."""
+    doc = result.document
+    fz = doc["summary"]["fuzz"]
+    new = set(result.new_signatures)
+    sigs = fz["signatures"]
+    click.echo(f"campaign {fz['campaign_id']}: {doc['summary']['cases']} cases, {doc['summary']['executions']} executions "
+               f"in {fz['batches']} batches, {fz['elapsed_s']:.0f} s in all ({result.status})")
+    click.echo(f"{_plural(len(sigs), 'signature')}, {len(new)} new in this session:")
+    for g in sigs:
+        mark = "new " if g["signature"] in new else "    "
+        what = (f"{g['classification']:<17} {g.get('severity', ''):<8} {g['target']:<26} {g.get('quantity', '-'):<12} "
+                f"{g['hypothesis'][:60]} [{g.get('regime', '-')}]")
+        shrunk = f", shrunk to {g['minimal_case']}" if g["shrunk"] else ""
+        click.echo(f"  {mark}{g['signature']} {what}: {_plural(g['count'], 'execution')}, first case {g['first_case']} "
+                   f"({g['arm']}){shrunk}")
+    top = sorted(fz["arms"].items(), key=lambda kv: -kv[1]["weight"])[:3]
+    click.echo("steering: " + ", ".join(f"{a} weight {v['weight']:.2f} ({v['new']} new of {v['cases']} cases)"
+                                        for a, v in top))
+    if result.status != "complete":
+        click.echo(f"campaign {fz['campaign_id']} was interrupted; continue it with: bncheck fuzz --resume --out "
+                   f"{shlex.quote(str(result.out))}")
+    out = result.out
+    click.echo(f"results: {out / 'results.json'}, {out / 'index.html'}, {out / 'results.xml'}, {out / 'fuzz.json'}")
+
+
+@main.command("fuzz")
+@click.option("--time", "time_text", default=None, metavar="DURATION",
+              help="Time budget of the campaign over all its sessions: 90s, 2m, 1h, 1h30m (seconds if no unit).")
+@click.option("--max-cases", "max_cases", default=None, type=click.IntRange(min=1), metavar="N",
+              help="Case budget of the campaign over all its sessions (with a seed: the same cases every time).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the case stream.")
+@targets_option
+@click.option("--out", "out", default="fuzz", show_default=True, type=click.Path(file_okay=False),
+              help="Campaign folder: fuzz.json (its state), results.json, index.html, results.xml.")
+@click.option("--resume", "resume", is_flag=True,
+              help="Continue the campaign in --out with its seed and targets (a pending batch first); --time and "
+                   "--max-cases then replace its totals.")
+@timeout_option
+@shrink_option
+@click.option("--shrink-time", "shrink_time", default=30.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds at the end of each session (at most a fifth of --time) for shrinking the first case of "
+                   "each new signature.")
+@click.option("--max-batch", "max_batch", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Most cases in one batch (batches start at 8 and double).")
+@memory_option
+@repro_option
+@plugin_option
+@click.pass_context
+def fuzz_cmd(ctx: click.Context, time_text: str | None, max_cases: int | None, seed: int, pattern: str | None, out: str,
+             resume: bool, timeout: float, shrink: int, shrink_time: float, max_batch: int, memory_limit: float | None,
+             repro: bool, plugins: tuple[str, ...]) -> None:
+    """Generate random cases (every regime and hazard) until the budget is spent; report each new root-cause
+    signature with its first case, shrunk; steer toward the regimes that found new signatures recently."""
+    from . import api, fuzz
+
+    seconds = None
+    if time_text is not None:
+        try:
+            seconds = parse_duration(time_text)
+        except ValueError:
+            raise Failure(f"--time {time_text!r}: expected a duration such as 90s, 2m, 1h or 1h30m", EXIT_USAGE) from None
+    log = lambda message: click.echo(message, err=True)  # noqa: E731
+    try:
+        if resume:
+            fixed = _given(ctx, "seed", "pattern", "max_batch", "plugins")
+            if fixed:
+                name = {"pattern": "--targets", "max_batch": "--max-batch", "plugins": "--plugin"}.get(min(fixed), f"--{min(fixed)}")
+                raise Failure(f"--resume takes no {name} (the campaign keeps the ones it started with)", EXIT_USAGE)
+            given = _given(ctx, "timeout", "shrink", "shrink_time", "memory_limit", "repro")
+            values = {"timeout": timeout, "shrink": shrink, "shrink_time": shrink_time, "memory_limit": memory_limit,
+                      "repro": repro}
+            result = fuzz.resume(out, time_s=seconds, max_cases=max_cases,
+                                 overrides={k: v for k, v in values.items() if k in given}, log=log)
+        else:
+            run = api.RunOptions(targets=pattern, timeout=timeout, shrink=shrink, shrink_time=shrink_time,
+                                 memory_limit=memory_limit, plugins=plugins, repro=repro)
+            result = fuzz.fuzz(fuzz.FuzzOptions(time=seconds, max_cases=max_cases, seed=seed, max_batch=max_batch,
+                                                run=run), out=out, log=log)
+    except api.BncheckError as e:
+        raise Failure(str(e), e.status) from None
+    _fuzz_report(result)
+    if result.signal:
+        import signal
+
+        click.echo(f"bncheck: interrupted ({signal.Signals(result.signal).name})", err=True)
+    sys.exit(fuzz.exit_status(result))
+
+
 # ---- generate -----------------------------------------------------------------------------------
 def _parse_axis(text: str) -> tuple[str, list[Any]]:
     """'eps=1e-5,1e-3' or 'shape=[[8,4,5,5],[16,3]]' -> (name, values)."""
@@ -662,28 +772,81 @@ def junit_cmd(run_dir: str, out_file: str | None, baseline_file: str | None, wor
     click.echo(f"{target}: {len(doc.get('executions') or [])} test cases{failures}")
 
 
+REPORT_FORMATS = ("html", "markdown")
+
+
+@main.command("report")
+@click.argument("run_dir", metavar="OUT")
+@click.option("--format", "fmt", default="html", show_default=True, metavar="FORMAT",
+              help="html: index.html and the finding and hypothesis pages again; markdown: OUT/summary.md and "
+                   "OUT/issues/<signature>.md (one per critical or suspected-bug finding).")
+@click.option("--baseline", "baseline_file", default=None, type=click.Path(dir_okay=False),
+              help="markdown: the summary lists what fails the gate against this baseline (new, worse, expired).")
+@factor_option
+@fail_on_option
+@allow_critical_option
+def report_cmd(run_dir: str, fmt: str, baseline_file: str | None, worse_factor: float, fail_on: str | None,
+               allow_critical: bool) -> None:
+    """Write the report of the run in OUT again from its results.json: HTML, or markdown for issues and CI summaries."""
+    if fmt not in REPORT_FORMATS:
+        raise Failure(f"--format {fmt!r}: choose one of {', '.join(REPORT_FORMATS)}", EXIT_USAGE)
+    doc, path = _read_results(run_dir)
+    decision = _decision(doc, run_dir, baseline_file, worse_factor, fail_on, allow_critical) if baseline_file else None
+    if fmt == "html":
+        from .report.html import write_html
+
+        write_html(doc, path.with_name("index.html"))
+        click.echo(f"{path.with_name('index.html')}: {len(doc['findings'])} finding pages")
+        return
+    from .report.markdown import write_markdown
+
+    written = write_markdown(doc, path.parent, decision)
+    click.echo(f"{written[-1]}: run summary; {len(written) - 1} issue bodies under {path.parent / 'issues'}")
+
+
 # ---- replay -------------------------------------------------------------------------------------
 @main.command()
-@click.argument("case_id")
+@click.argument("case_id", required=False)
 @click.option("--target", "target_name", required=True, help="Target name, e.g. torch.nn@cpu.")
+@click.option("--against", "against", default=None, metavar="TARGET",
+              help="A second target: print both side by side, each against the other and the reference, and the "
+                   "conventions that differ between them.")
+@click.option("--case", "inline", default=None, metavar="JSON",
+              help="The case itself, as one JSON object (e.g. '{\"shape\": [8, 4]}'), instead of CASE_ID.")
 @click.option("--cases", "sources", multiple=True, metavar="SOURCE",
               help="Case file or suite to find the case in (default: the --out store, then every shipped suite).")
 @out_option
 @timeout_option
 @plugin_option
 @click.option("--elements", default=6, show_default=True, help="Elements of each tensor quantity to print.")
-def replay(case_id: str, target_name: str, sources: tuple[str, ...], out: str, timeout: float,
-           plugins: tuple[str, ...], elements: int) -> None:
-    """Re-run one case on one target bit for bit and print every quantity next to the reference."""
-    from .replay import find_case, replay_case
+def replay(case_id: str | None, target_name: str, against: str | None, inline: str | None, sources: tuple[str, ...],
+           out: str, timeout: float, plugins: tuple[str, ...], elements: int) -> None:
+    """Re-run one case (CASE_ID, or --case JSON) on one target bit for bit and print every quantity next to the
+    reference; with --against, on two targets side by side."""
+    from .replay import CaseInputError, find_case, parse_inline_case, replay_case, replay_pair
 
+    if (case_id is None) == (inline is None):
+        raise Failure("give a CASE_ID or --case JSON (one of them)", EXIT_USAGE)
     _load_plugins(plugins)
+    stored_digest = None
     try:
-        case, stored_digest = find_case(case_id, list(sources), Path(out) / FILENAME)
+        if inline is not None:
+            case = parse_inline_case(inline)
+        else:
+            case, stored_digest = find_case(case_id, list(sources), Path(out) / FILENAME)
+    except CaseInputError as e:
+        raise Failure(str(e), EXIT_USAGE) from None
     except (CaseFileError, LookupError) as e:
         raise Failure(str(e).strip("'\""), EXIT_USAGE) from None
+    from .inputs import InputDataError
+
     try:
-        status = replay_case(case, target_name, timeout, list(plugins), stored_digest, elements, click.echo)
+        if against is not None:
+            status = replay_pair(case, target_name, against, timeout, list(plugins), click.echo)
+        else:
+            status = replay_case(case, target_name, timeout, list(plugins), stored_digest, elements, click.echo)
+    except InputDataError as e:
+        raise Failure(f"{e}; or pass the case file with --cases", EXIT_USAGE) from None
     except LookupError as e:
         raise Failure(str(e).strip("'\""), EXIT_USAGE) from None
     except RuntimeError as e:

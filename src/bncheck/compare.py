@@ -9,6 +9,7 @@ import numpy as np
 
 from .cases import Case
 from .dtypes import round_as_float64, ulp
+from .elementwise import element_errors, element_ratios, exceeds
 from .results import json_float
 from .reference import RUNNING_VAR_CONVENTIONS, Reference, phase_of, quantity_of
 from .targets.base import Conventions, Observation
@@ -76,23 +77,23 @@ class ElementErrors(NamedTuple):
     scale: np.ndarray  # the reference where both are finite, 1 elsewhere: for relative errors and ULPs
 
 
+def pattern_reference(expected: np.ndarray, dtype: str) -> np.ndarray:
+    """The exact reference where the output `dtype` holds it, its rounding (Inf, NaN) where it does not: what an
+    observation is judged against (elementwise.py), and what a reproduction script embeds as its expected values."""
+    rounded = round_as_float64(expected, dtype)
+    with np.errstate(all="ignore"):
+        fin_r = np.isfinite(rounded)
+        return expected if fin_r.all() else np.where(fin_r, expected, rounded)
+
+
 def elementwise_errors(observed: np.ndarray, expected: np.ndarray, dtype: str) -> ElementErrors:
     """Errors of `observed` (float64, the shape of `expected`) against the exact reference `expected`.
 
     The NaN/Inf pattern is judged against the reference rounded to the output `dtype` (a value beyond the
     format's range must come back as Inf); errors against the exact reference, since bounds already contain
-    the final rounding.
+    the final rounding (elementwise.element_errors, on pattern_reference).
     """
-    rounded = round_as_float64(expected, dtype)
-    with np.errstate(all="ignore"):
-        fin_o, fin_r = np.isfinite(observed), np.isfinite(rounded)
-        if fin_o.all() and fin_r.all():  # the common case: every value finite on both sides
-            return ElementErrors(np.abs(observed - expected), None, None, expected)
-        ref = np.where(fin_r, expected, rounded)
-        mismatch = (fin_o != fin_r) | (~fin_o & ~fin_r & ~((np.isnan(observed) & np.isnan(ref)) | (observed == ref)))
-        both = fin_o & fin_r
-        err = np.where(both, np.abs(observed - ref), 0.0)
-        return ElementErrors(err, mismatch, both, np.where(both, ref, 1.0))
+    return ElementErrors(*element_errors(observed, pattern_reference(expected, dtype)))
 
 
 def _finite_max(a: np.ndarray) -> float:
@@ -125,12 +126,9 @@ def judge(case: Case, key: str, observed: np.ndarray, expected: np.ndarray, boun
         return Verdict(key, False, np.inf, np.inf, np.inf, np.inf, int(expected.size),
                        note=f"shape {obs.shape} differs from the expected {expected.shape}")
     e = elementwise_errors(obs, expected, dt)
+    nonfinite = 0 if e.mismatch is None else int(e.mismatch.sum())
+    ratio_el = element_ratios(e.err, e.mismatch, e.both, bound)
     with np.errstate(all="ignore"):
-        if e.mismatch is None:
-            nonfinite, ratio_el = 0, e.err / bound
-        else:
-            nonfinite = int(e.mismatch.sum())
-            ratio_el = np.where(e.mismatch, np.inf, np.where(e.both, e.err / bound, 0.0))
         max_rel = float((e.err / np.maximum(np.abs(e.scale), _TINY)).max(initial=0.0))
         max_ulp = float((e.err / ulp(e.scale, dt)).max(initial=0.0))
     err = e.err
@@ -143,7 +141,7 @@ def judge(case: Case, key: str, observed: np.ndarray, expected: np.ndarray, boun
         small = case.channels <= MAX_CHANNEL_VALUES
         observed_values = obs.reshape(-1).tolist() if small else []
         expected_values = np.asarray(expected, dtype=np.float64).reshape(-1).tolist() if small else []
-    channels = np.flatnonzero(per_channel > 1.0).tolist()
+    channels = np.flatnonzero(exceeds(per_channel)).tolist()
     note = f"{len(channels)} of {case.channels} channels deviate" if channels else ""
     return Verdict(
         key=key, passed=not channels, ratio=float(per_channel.max(initial=0.0)), max_abs=float(err.max(initial=0.0)),
@@ -321,7 +319,7 @@ def _judge_bulk(case: Case, observation: Observation, keys: list[str], plan: _Pl
             if not finite[i]:
                 continue  # NaN or Inf observed: judge() handles the pattern
             per_channel = _per_channel(case, s.quantity, ratio[a:b], s.shape)
-            deviating = per_channel > 1.0
+            deviating = exceeds(per_channel)
             channels = np.flatnonzero(deviating).tolist() if deviating.any() else []
             small = bool(s.expected_list)
             v = Verdict(
@@ -337,7 +335,7 @@ def _judge_bulk(case: Case, observation: Observation, keys: list[str], plan: _Pl
                 v.matches = [plan.declared] if v.passed else []
                 for c, other_ref, other_bound in s.others:
                     other = _per_channel(case, s.quantity, np.abs(obs[a:b] - other_ref) / other_bound, s.shape)
-                    if not (other > 1.0).any():
+                    if not exceeds(other).any():
                         v.matches.append(c)
                 v.matches.sort(key=RUNNING_VAR_CONVENTIONS.index)
             out[s.key] = v

@@ -51,7 +51,7 @@ import numpy as np
 
 from . import formats, severity
 from .cases import Case
-from .compare import ElementErrors, Verdict, elementwise_errors
+from .compare import MAX_CHANNEL_VALUES, ElementErrors, Verdict, elementwise_errors
 from .dtypes import min_normal
 from .inputs import Inputs
 from .results import json_float
@@ -88,12 +88,15 @@ class Diagnosis:
     severity_reasons: list[dict[str, Any]] = field(default_factory=list)
     out_of_range: list[dict[str, Any]] = field(default_factory=list)  # formats.RangeIssue.to_dict() of the deviations
     hypothesis_errors: list[dict[str, str]] = field(default_factory=list)  # hypotheses that raised: name, error
+    # why each of `alternatives` was not chosen: hypothesis, kind, residual, explains, rule (WHY_NOT), reason
+    why_not: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         d = asdict(self)
         d["alternatives"] = [[n, json_float(r)] for n, r in self.alternatives]
         d["residual"] = json_float(self.residual)
+        d["why_not"] = [{**w, "residual": json_float(w["residual"])} for w in self.why_not]
         return d
 
 
@@ -406,8 +409,10 @@ def _conditioning(case: Case, inputs: Inputs, ref: Reference, v: Verdict, obs: n
 
     Channels are ranked by their *relative* error (worst |error| over the channel's largest |exact value|),
     not by error / bound: the bound itself grows with the conditioning (|mean| / std), so ranking by it would
-    hide the ill-conditioned channels the error follows. The worst channel is the deviating channel with the
-    largest relative error (any channel when none deviates per element).
+    hide the ill-conditioned channels the error follows. `worst_channel` is the deviating channel with the
+    largest relative error (any channel when none deviates per element); the channel of largest error / bound is
+    the verdict's (its `channel_ratios`), and `channel_*` give every channel's conditioning so that a report can
+    name the conditioning of either.
     """
     st = ref.stats[v.phase]
     expected = ref.values[v.key]
@@ -436,6 +441,12 @@ def _conditioning(case: Case, inputs: Inputs, ref: Reference, v: Verdict, obs: n
         "eps_over_var": float(eps_ratio[worst]) if np.isfinite(eps_ratio[worst]) else None,
         "gamma": float(st.gamma[worst]),
     }
+    # every channel's conditioning (the first MAX_CHANNEL_VALUES, as the verdicts' channel_ratios): the report reads
+    # the conditioning of any channel it names, and draws error / bound against it, from these alone
+    keep = slice(0, MAX_CHANNEL_VALUES)
+    info["channel_mean_over_std"] = [json_float(x) for x in offset[keep]]
+    info["channel_eps_over_var"] = [json_float(x) for x in eps_ratio[keep]]
+    info["channel_gamma"] = [json_float(x) for x in st.gamma[keep]]
     ok = np.isfinite(relative) & np.isfinite(offset)
     if ok.sum() >= 3 and np.ptp(offset[ok]) > 0 and np.ptp(relative[ok]) > 0:
         ranks = lambda a: np.argsort(np.argsort(a))  # noqa: E731
@@ -661,10 +672,57 @@ def diagnose(case: Case, inputs: Inputs, obs: Observation, refs: dict[str, Refer
                      step=step, deviating=keys, channels=channels, conditioning=info, hypothesis=name,
                      residual=residual, classification=cls, explanation=explanation,
                      alternatives=[(r.name, r.residual) for r in others], documented=declared_behaviour,
+                     why_not=[_why_not(r, explaining[0] if explaining else None, len(keys)) for r in others],
                      severity=level, severity_reasons=reasons, out_of_range=[i.to_dict() for i in relevant],
                      hypothesis_errors=failures)
     diag.signature = signature(family, diag.quantity, name, case.regime_name)
     return diag
+
+
+# why an alternative lost to the chosen hypothesis: the rule of the module docstring that decided it
+WHY_NOT = {
+    "does-not-explain": "it does not explain the deviation: some deviating quantity it models stays outside its bound",
+    "range-first": "rule 0: the case lies outside the declared format's range, which comes before every hypothesis",
+    "fewer-quantities": "rule 1: it models fewer of the deviating quantities than the chosen hypothesis",
+    "formula-first": "rule 2: an alternative formula (which predicts values) is preferred to a precision model (which "
+                     "only widens bounds), whatever their residuals",
+    "closer-formula": "rule 3: among formulas the smallest residual (the closest match) wins",
+    "documented-first": "rule 4: the target's conventions record declares the chosen precision model and not this one",
+    "looser-bound": "rule 4: its bound is looser than the chosen model's on the elements both constrain (the tightest "
+                    "model wins: a looser one says less)",
+    "more-unconstrained": "rule 4: it leaves more elements unconstrained than the chosen model",
+    "closer-model": "rule 4: as tight as the chosen model, whose residual is smaller",
+}
+
+
+def _why_not(r: _Fit, winner: _Fit | None, n_keys: int) -> dict[str, Any]:
+    """Why `r` was not chosen over `winner` (None: nothing explains), as a WHY_NOT rule and its reason."""
+    kind = HYPOTHESES[r.name].kind
+    out = {"hypothesis": r.name, "kind": kind, "residual": r.residual, "explains": bool(r.residual <= 1.0)}
+    if winner is None or r.residual > 1.0:
+        rule = "does-not-explain"
+    else:
+        wkind = HYPOTHESES[winner.name].kind
+        if wkind == "range":
+            rule = "range-first"
+        elif r.modelled < winner.modelled:
+            rule = "fewer-quantities"
+        elif wkind == "formula" and kind == "precision":
+            rule = "formula-first"
+        elif wkind == "formula":
+            rule = "closer-formula"
+        elif winner.documented and not r.documented:
+            rule = "documented-first"
+        elif r.inflation > winner.inflation:
+            rule = "looser-bound"
+        elif r.unconstrained > winner.unconstrained:
+            rule = "more-unconstrained"
+        else:
+            rule = "closer-model"
+    reason = WHY_NOT[rule]
+    if rule == "fewer-quantities" and winner is not None:
+        reason += f" ({r.modelled} of {n_keys}, against {winner.modelled})"
+    return {**out, "rule": rule, "reason": reason}
 
 
 def _rank(r: _Fit) -> tuple[Any, ...]:

@@ -18,6 +18,7 @@ campaign calls `execute` once per batch of generated cases with the same discove
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any, Iterable, Protocol
 
 from .cases import Case
@@ -44,7 +45,7 @@ class Executor(Protocol):
         plugins, expected: the number of executions owed, when known)."""
 
     def shrink(self, doc: dict[str, Any], discovery: Any, timeout: float, budget: int, limit: int, seconds: float,
-               cancel: threading.Event | None) -> None:
+               cancel: threading.Event | None, data_dir: Path | None = None) -> None:
         """Shrink the first `limit` findings of `doc` in place with this executor's workers."""
 
     def close(self) -> None:
@@ -90,11 +91,12 @@ class LocalExecutor:
         return execute(store, run_id, cases, discovery, timeout, judges=judges, **kwargs)  # type: ignore[arg-type]
 
     def shrink(self, doc: dict[str, Any], discovery: Any, timeout: float, budget: int, limit: int, seconds: float,
-               cancel: threading.Event | None) -> None:
+               cancel: threading.Event | None, data_dir: Path | None = None) -> None:
         """runner.shrink_in_parallel over the local lanes."""
         from .runner import shrink_in_parallel
 
-        shrink_in_parallel(doc, discovery, timeout, budget=budget, limit=limit, seconds=seconds, cancel=cancel)
+        shrink_in_parallel(doc, discovery, timeout, budget=budget, limit=limit, seconds=seconds, cancel=cancel,
+                           data_dir=data_dir)
 
     def close(self) -> None:
         """Nothing to release."""

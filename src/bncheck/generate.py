@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from . import __version__
 import numpy as np
@@ -203,33 +203,86 @@ def trajectories_suite() -> list[Case]:
 
 
 # ---- seeded random fuzzing ------------------------------------------------------------------------
+RANDOM_REGIMES = [STANDARD, OFFSET_1E2, OFFSET_1E4, TINY_VARIANCE, WIDE]
+
+
+def _random_fields(rng: np.random.Generator, pick_regime: Callable[[], dict[str, Any]], strategy: str) -> dict[str, Any]:
+    """One case's fields drawn from the whole case space, in random_cases' fixed order of draws; the regime comes from
+    `pick_regime`, called where random_cases draws it."""
+    pick = lambda seq: seq[int(rng.integers(len(seq)))]  # noqa: E731
+    rank = int(rng.integers(2, 6))
+    shape = [int(rng.integers(1, 17)), int(rng.integers(1, 9))] + [int(rng.integers(1, 9)) for _ in range(rank - 2)]
+    dtype = pick(["float16", "bfloat16", "float32", "float64"])
+    mode = pick(["train", "eval", "trajectory"])
+    return {
+        "shape": shape, "dtype": dtype,
+        "param_dtype": pick(["float32", dtype]) if dtype in ("float16", "bfloat16") else dtype,
+        "layout": pick(["channels_first", "channels_last"]) if rank > 2 else "channels_first",
+        "mode": mode, "steps": int(rng.integers(1, 6)) if mode == "trajectory" else (1 if mode == "train" else 0),
+        "eps": pick([0.0, 1e-8, 1e-5, 1e-3, 0.1]), "momentum": pick([0.0, 0.01, 0.1, 0.5, 0.99, 1.0]),
+        "affine": bool(rng.integers(2)), "track_running_stats": bool(rng.integers(2)), "grad": bool(rng.integers(2)),
+        "regime": pick_regime(), "seed": int(rng.integers(2**31)),
+        "meta": {"generator": GENERATOR, "strategy": strategy},
+    }
+
+
 def random_cases(n: int, seed: int) -> list[Case]:
     """`n` valid cases drawn from the whole case space by a PCG64 stream seeded with `seed` (reproducible)."""
     rng = np.random.Generator(np.random.PCG64(seed))
     pick = lambda seq: seq[int(rng.integers(len(seq)))]  # noqa: E731
-    regimes = [STANDARD, OFFSET_1E2, OFFSET_1E4, TINY_VARIANCE, WIDE] + [HAZARDS[h][1].get("regime") for h in
-                                                                           ("constant-channels", "nan-input", "inf-running-var")]
+    regimes = RANDOM_REGIMES + [HAZARDS[h][1].get("regime") for h in ("constant-channels", "nan-input", "inf-running-var")]
     out: list[Case] = []
     while len(out) < n:
-        rank = int(rng.integers(2, 6))
-        shape = [int(rng.integers(1, 17)), int(rng.integers(1, 9))] + [int(rng.integers(1, 9)) for _ in range(rank - 2)]
-        dtype = pick(["float16", "bfloat16", "float32", "float64"])
-        mode = pick(["train", "eval", "trajectory"])
-        d: dict[str, Any] = {
-            "shape": shape, "dtype": dtype,
-            "param_dtype": pick(["float32", dtype]) if dtype in ("float16", "bfloat16") else dtype,
-            "layout": pick(["channels_first", "channels_last"]) if rank > 2 else "channels_first",
-            "mode": mode, "steps": int(rng.integers(1, 6)) if mode == "trajectory" else (1 if mode == "train" else 0),
-            "eps": pick([0.0, 1e-8, 1e-5, 1e-3, 0.1]), "momentum": pick([0.0, 0.01, 0.1, 0.5, 0.99, 1.0]),
-            "affine": bool(rng.integers(2)), "track_running_stats": bool(rng.integers(2)), "grad": bool(rng.integers(2)),
-            "regime": pick([r for r in regimes if r is not None]), "seed": int(rng.integers(2**31)),
-            "meta": {"generator": GENERATOR, "strategy": f"random/{seed}"},
-        }
+        d = _random_fields(rng, lambda: pick([r for r in regimes if r is not None]), f"random/{seed}")
         try:
             out.append(case_from_dict(d))
         except CaseError:  # e.g. a per-channel override naming a channel the drawn shape lacks: draw again
             continue
     return out
+
+
+# Arms of a fuzzing campaign (bncheck fuzz): a random arm draws the whole case space with one value regime; a hazard
+# arm draws it too, then fixes what the hazard's catalogue entry fixes (its regime, shape, dtype, eps, ...) and picks
+# one value of each of its grid axes. many-elements (2M elements a case) would dominate a campaign's time: left out.
+FUZZ_LEFT_OUT = ("many-elements",)
+FUZZ_ARMS: tuple[str, ...] = tuple([f"random/{r['name']}" for r in RANDOM_REGIMES]
+                                   + [f"hazard/{h}" for h in HAZARDS if h not in FUZZ_LEFT_OUT])
+_DRAWS_PER_CASE = 200  # attempts at a valid case per arm before giving up (a catalogue entry that never validates)
+
+
+def fuzz_case(rng: np.random.Generator, arm: str, strategy: str = "fuzz") -> Case:
+    """One valid case of `arm` (one of FUZZ_ARMS) drawn from `rng`; `meta` records the strategy, the arm and the hazard."""
+    kind, _, name = arm.partition("/")
+    if kind == "random":
+        chosen = next((r for r in RANDOM_REGIMES if r["name"] == name), None)
+        if chosen is None:
+            raise ValueError(f"unknown fuzzing arm {arm!r} (arms: {', '.join(FUZZ_ARMS)})")
+        fixed: dict[str, Any] = {}
+        axes: dict[str, list[Any]] = {}
+    elif kind == "hazard" and name in HAZARDS:
+        _, base, axes = HAZARDS[name]
+        fixed = {"regime": regime(name), **{k: v for k, v in base.items() if k != "batch"}}
+        chosen = fixed["regime"]
+    else:
+        raise ValueError(f"unknown fuzzing arm {arm!r} (arms: {', '.join(FUZZ_ARMS)})")
+    for _ in range(_DRAWS_PER_CASE):
+        d = _random_fields(rng, lambda: chosen, strategy)
+        drawn = dict(d)
+        chosen_axes = {k: v[int(rng.integers(len(v)))] for k, v in axes.items()}
+        d.update({**fixed, **chosen_axes})
+        given = set(fixed) | set(chosen_axes)
+        if "dtype" in given and "param_dtype" not in given:  # keep float32 parameters for half data when drawn
+            d["param_dtype"] = "float32" if d["dtype"] in ("float16", "bfloat16") and drawn["param_dtype"] == "float32" else d["dtype"]
+        if len(d["shape"]) == 2 and "layout" not in given:
+            d["layout"] = "channels_first"
+        if "steps" not in given:
+            d["steps"] = {"train": 1, "eval": 0}.get(d["mode"], max(1, drawn["steps"]))
+        d["meta"] = {**d["meta"], "arm": arm, **({"hazard": name} if kind == "hazard" else {})}
+        try:
+            return case_from_dict(d)
+        except CaseError:  # e.g. constant channels 0 and 2 on a drawn shape with two channels: draw again
+            continue
+    raise RuntimeError(f"fuzzing arm {arm} drew no valid case in {_DRAWS_PER_CASE} attempts")
 
 
 SUITES = {"smoke": smoke_suite, "default": default_suite, "hazards": hazards_suite, "trajectories": trajectories_suite}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from pathlib import Path
 from typing import Any, Iterable
 
 from .cases import Case
@@ -400,12 +401,12 @@ class RayExecutor:
                        lanes=self.lanes(discovery, kwargs.pop("per_worker", None)), **kwargs)
 
     def shrink(self, doc: dict[str, Any], discovery: Any, timeout: float, budget: int, limit: int, seconds: float,
-               cancel: threading.Event | None) -> None:
+               cancel: threading.Event | None, data_dir: Path | None = None) -> None:
         """runner.shrink_in_parallel over actor lanes."""
         from .runner import shrink_in_parallel
 
         shrink_in_parallel(doc, discovery, timeout, budget=budget, limit=limit, seconds=seconds, cancel=cancel,
-                           lanes=self.lanes(discovery))
+                           data_dir=data_dir, lanes=self.lanes(discovery))
 
     def close(self) -> None:
         """Disconnect from Ray (a local Ray started for the run stops with it)."""

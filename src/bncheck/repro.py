@@ -1,14 +1,20 @@
-"""Standalone reproduction scripts: numpy plus the target's framework, inputs embedded, values beside a reference.
+"""Standalone reproduction scripts for `git bisect run`: numpy plus the target's framework, inputs embedded, bncheck's
+expected values and bounds embedded as data.
 
 A script defines `run(case, inputs)` from the target's own `repro_source()`: for the built-in targets, the
 kernel-path module the adapter itself calls (bncheck/targets/paths/, embedded verbatim; see
-bncheck.targets.kernel), then an independent float64 reference, and prints every deviating quantity
-with the framework's value, the reference value and the error. A maintainer can paste it into an issue.
+bncheck.targets.kernel). It embeds bncheck's expected values and bounds for the quantities it shows (computed here
+by bncheck's reference and tolerance, never recomputed by the script) and bncheck's element-wise judging
+(bncheck/elementwise.py, verbatim), so the verdict it prints is bncheck's. It prints, per quantity, the verdict,
+the largest error / bound, the largest error, and at the element of largest error / bound the actual and expected
+values, the error and the bound; it exits 1 when a quantity of the finding deviates, 0 when none does, and 125 when
+the framework cannot run the case (docs/reproducing.md).
 """
 
 from __future__ import annotations
 
 import base64
+import inspect
 import io
 import json
 import textwrap
@@ -21,84 +27,133 @@ from .cases import Case
 from .files import write_atomic
 from .inputs import Inputs
 
-REFERENCE_SOURCE = '''
-def reference(case, inputs, running_var):
-    """BN in float64 with NumPy, independently of any framework: every quantity bncheck compares."""
-    c_axis = len(case["shape"]) - 1 if case["layout"] == "channels_last" else 1
-    C = case["shape"][1]
-    rows = lambda a: np.moveaxis(np.asarray(a, np.float64), c_axis, -1).reshape(-1, C)
-    def physical(r, like):
-        shape = np.moveaxis(np.empty(like.shape), c_axis, -1).shape
-        return np.moveaxis(r.reshape(shape), -1, c_axis)
-    eps, m = case["eps"], case["momentum"]
-    gamma = np.asarray(inputs["gamma"], np.float64) if case["affine"] else np.ones(C)
-    beta = np.asarray(inputs["beta"], np.float64) if case["affine"] else np.zeros(C)
-    rm = np.asarray(inputs["running_mean"], np.float64) if case["track_running_stats"] else None
-    rv = np.asarray(inputs["running_var"], np.float64) if case["track_running_stats"] else None
-    out = {}
-    with np.errstate(all="ignore"):
-        for phase in PHASES:
-            X = rows(inputs[phase + ".x"]); n = X.shape[0]
-            mean = X.mean(0); d = X - mean; var = (d * d).mean(0)
-            var_u = (d * d).sum(0) / (n - 1) if n > 1 else np.full(C, np.nan)
-            batch = phase != "eval" or not case["track_running_stats"]
-            centre, s = (mean, 1 / np.sqrt(var + eps)) if batch else (rm, 1 / np.sqrt(rv + eps))
-            xhat = (X - centre) * s
-            out[phase + ".y"] = physical(gamma * xhat + beta, inputs[phase + ".x"])
-            if batch:
-                out[phase + ".batch_mean"], out[phase + ".batch_var"] = mean, var
-                out[phase + ".batch_var_unbiased"], out[phase + ".batch_invstd"] = var_u, s
-            if phase != "eval" and case["track_running_stats"]:
-                rm = (1 - m) * rm + m * mean
-                rv = (1 - m) * rv + m * (var_u if running_var == "unbiased" else var)
-                out[phase + ".running_mean"], out[phase + ".running_var"] = rm.copy(), rv.copy()
-            if phase + ".dy" in inputs:
-                dY = rows(inputs[phase + ".dy"]); db = dY.sum(0); dg = (dY * xhat).sum(0)
-                dX = gamma * s * (dY - db / n - xhat * dg / n) if batch else gamma * s * dY
-                out[phase + ".dx"] = physical(dX, inputs[phase + ".x"])
-                if case["affine"]:
-                    out[phase + ".dgamma"], out[phase + ".dbeta"] = dg, db
-    return out
+PREAMBLE_SOURCE = '''
+import os
+import sys
+
+# the environment bncheck's worker sets for this framework (the backend Keras runs on, ...), then framework logging
+# off before any framework is imported (TensorFlow's C++ log lines, then the Python loggers and warnings below)
+os.environ.update(FRAMEWORK_ENV)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+import base64  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+warnings.filterwarnings("ignore")
+for _name in ("tensorflow", "absl", "jax", "torch", "onnxruntime", "keras", "h5py"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+
+class QuietStderr:
+    """File descriptor 2 into a temporary file while the framework runs: TensorFlow's C++ libraries print their
+    start-up lines before any setting is read. What was captured is printed when the framework raises, or always
+    with BNCHECK_REPRO_VERBOSE=1."""
+
+    def __enter__(self):
+        import tempfile
+
+        sys.stderr.flush()
+        self.file = tempfile.TemporaryFile(mode="w+b")
+        self.saved = os.dup(2)
+        os.dup2(self.file.fileno(), 2)
+        return self
+
+    def __exit__(self, kind, value, tb):
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        self.file.seek(0)
+        captured = self.file.read().decode(errors="replace")
+        self.file.close()
+        if captured and (kind is not None or os.environ.get("BNCHECK_REPRO_VERBOSE") == "1"):
+            sys.stderr.write(captured)
+        return False
 '''
 
 MAIN_SOURCE = '''
+EXIT_FIXED, EXIT_REPRODUCED, EXIT_CANNOT_TELL = 0, 1, 125  # git bisect run: good, bad, skip
+
+
 def main():
-    """Run the framework, compare with the reference, print the deviating quantities."""
-    obs = run(CASE, INPUTS)
-    ref = reference(CASE, INPUTS, RUNNING_VAR)
+    """Run the framework path on the case, judge each shown quantity against bncheck's expected values and bounds
+    (judge_elements, above), print them; return 1 when a quantity of KEYS (the finding) deviates, 0 when none does,
+    125 when the framework cannot run the case or produces none of them."""
     print("bncheck reproduction:", TITLE)
     print("case:", json.dumps(CASE, sort_keys=True))
-    print("expected by bncheck: " + EXPECTATION)
+    print("bncheck's diagnosis:", DIAGNOSIS)
+    print("expected: bncheck's float64 reference under the target's declared conventions (" + CONVENTIONS + "); "
+          "bound: bncheck's rounding-error bound; a quantity deviates where |actual - expected| > bound, or where "
+          "its NaN/Inf pattern differs")
+    try:
+        with QuietStderr():
+            obs = run(CASE, INPUTS)
+    except Exception as e:  # noqa: BLE001 - the framework cannot run the case here: neither reproduced nor fixed
+        import traceback
+
+        traceback.print_exc()
+        print(f"CANNOT TELL: the framework raised {type(e).__name__}: {e} (exit {EXIT_CANNOT_TELL}: git bisect skips)")
+        return EXIT_CANNOT_TELL
     print()
-    print(f"{'quantity':<22} {'max |error|':>12} {'max rel':>10}  first differing element: framework vs reference")
-    for key in KEYS:
-        if key not in obs or key not in ref:
-            print(f"{key:<22} (not produced)")
+    print(f"{'quantity':<22} {'verdict':<8} {'error/bound':>11} {'max |error|':>11} {'max rel':>9}  at the element of largest "
+          "error/bound: [index] actual vs expected, |error|, bound (max |error| and max rel: over elements finite on both sides)")
+    deviating, judged = [], []
+    for key in SHOWN:
+        if key not in obs:
+            print(f"{key:<22} {'-':<8} not produced by the framework")
             continue
-        o = np.asarray(obs[key], np.float64).reshape(-1)
-        r = np.asarray(ref[key], np.float64).reshape(-1)
-        with np.errstate(all="ignore"):
-            err = np.where(np.isnan(o) & np.isnan(r), 0.0, np.abs(o - r))
-            err = np.where(np.isnan(err), np.inf, err)
-            rel = err / np.maximum(np.abs(r), 1e-300)
-        i = int(np.argmax(err))
-        print(f"{key:<22} {err.max():>12.4g} {rel.max():>10.3g}  [{i}] {float(o[i])!r} vs {float(r[i])!r}")
+        finding = key in KEYS
+        try:
+            j = judge_elements(obs[key], EXPECTED[key], BOUND[key])
+        except ValueError as e:  # a shape that differs deviates
+            print(f"{key:<22} {'DEVIATES':<8} {'inf':>11} {'inf':>11} {'inf':>9}  {e}")
+            judged += [key] if finding else []
+            deviating += [key] if finding else []
+            continue
+        o = np.asarray(obs[key], np.float64)
+        i = j["worst"]
+        b = np.broadcast_to(np.asarray(BOUND[key], np.float64), o.shape)[i]
+        where = ",".join(str(int(k)) for k in i)
+        extra = f"; NaN/Inf pattern differs at {j['nonfinite']} elements" if j["nonfinite"] else ""
+        error = "NaN/Inf mismatch" if j["mismatch"][i] else f"{float(j['err'][i]):.4g}"
+        print(f"{key:<22} {'DEVIATES' if j['deviates'] else 'pass':<8} {float(j['ratio'][i]):>11.4g} "
+              f"{float(np.max(j['err'], initial=0.0)):>11.4g} {j['max_rel']:>9.3g}  [{where}] {float(o[i])!r} vs {float(EXPECTED[key][i])!r}, "
+              f"{error}, {float(b):.4g}{extra}")
+        if finding:
+            judged.append(key)
+            if j["deviates"]:
+                deviating.append(key)
+    print()
+    if not judged:
+        print(f"CANNOT TELL: the framework produced none of {', '.join(KEYS)} (exit {EXIT_CANNOT_TELL}: git bisect skips)")
+        return EXIT_CANNOT_TELL
+    if deviating:
+        print(f"REPRODUCED: {', '.join(deviating)} beyond bncheck's bound (exit {EXIT_REPRODUCED})")
+        return EXIT_REPRODUCED
+    print(f"NOT REPRODUCED: {', '.join(judged)} within bncheck's bounds (exit {EXIT_FIXED})")
+    return EXIT_FIXED
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
 '''
 
 
-LITERAL_ELEMENTS = 256  # inputs of at most this many elements in all are written as literal values
-INLINE_BYTES = 1 << 20  # larger ones up to this size as base64 inside the script; beyond, in an .npz beside it
+LITERAL_ELEMENTS = 256  # an array of at most this many elements is written as literal values
+INLINE_BYTES = 1 << 20  # the larger ones, up to this size in all, as base64 inside the script; beyond, in an .npz beside it
 BASE64_LINE = 100
+CONTEXT_ELEMENTS = 4096  # a quantity outside the finding is shown (its expected values embedded) up to this size
 
 
-def npz_bytes(inputs: Inputs) -> bytes:
-    """The inputs as an uncompressed .npz file."""
+def npz_bytes(arrays: Inputs) -> bytes:
+    """The arrays as an uncompressed .npz file."""
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in sorted(inputs.items())})
+    np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in sorted(arrays.items())})
     return buf.getvalue()
 
 
@@ -108,83 +163,154 @@ def _literal(a: np.ndarray) -> str:
     return f"np.array([{values}], dtype={str(a.dtype)!r}).reshape({tuple(a.shape)!r})"
 
 
-def inputs_source(inputs: Inputs, npz_name: str | None) -> tuple[list[str], bytes | None]:
-    """The script lines that define INPUTS, and the .npz to write beside the script (None: all inline).
+def arrays_source(name: str, arrays: Inputs, npz_name: str | None) -> tuple[list[str], bytes | None]:
+    """The script lines that define the dictionary `name` of `arrays`, and the .npz to write beside the script (None:
+    all inline).
 
-    Linear in the size of the inputs: small inputs as literal values, medium ones as base64 cut into fixed-width
-    lines (never textwrap, which is quadratic on one long word), large ones loaded from `npz_name`."""
-    total = sum(int(np.asarray(v).size) for v in inputs.values())
-    if total <= LITERAL_ELEMENTS:
-        lines = ["nan, inf = float(\"nan\"), float(\"inf\")", "INPUTS = {"]
-        lines += [f"    {k!r}: {_literal(np.asarray(v))}," for k, v in sorted(inputs.items())]
-        return lines + ["}"], None
-    raw = npz_bytes(inputs)
+    Each array of at most LITERAL_ELEMENTS elements is written as literal values a maintainer can read and edit;
+    the larger ones together as base64 cut into fixed-width lines (never textwrap, which is quadratic on one long
+    word), or, beyond INLINE_BYTES, loaded from `npz_name`. Linear in the size of the arrays."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    small = {k: v for k, v in arrays.items() if v.size <= LITERAL_ELEMENTS}
+    large = {k: v for k, v in arrays.items() if k not in small}
+    lines = ['nan, inf = float("nan"), float("inf")', f"{name} = {{"]
+    lines += [f"    {k!r}: {_literal(v)}," for k, v in sorted(small.items())]
+    lines.append("}")
+    if not large:
+        return lines, None
+    raw = npz_bytes(large)
     if len(raw) <= INLINE_BYTES or npz_name is None:
         text = base64.b64encode(raw).decode()
         body = [text[i:i + BASE64_LINE] for i in range(0, len(text), BASE64_LINE)]
-        return ['INPUTS = dict(np.load(io.BytesIO(base64.b64decode("""', *body, '"""))))'], None
-    return ["# the inputs are too large to embed: they lie beside this script",
-            f"INPUTS = dict(np.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), {npz_name!r})))"], raw
+        return [*lines, f"{name}.update(np.load(io.BytesIO(base64.b64decode(\"\"\"", *body, '"""))))'], None
+    return [*lines, f"# {', '.join(sorted(large))}: too large to embed, they lie beside this script",
+            f"{name}.update(np.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), {npz_name!r})))"], raw
 
 
-def render(case: Case, inputs: Inputs, target: Any, keys: list[str], title: str, expectation: str,
-           manifest: dict[str, Any], npz_name: str | None = None) -> str:
+def inputs_source(inputs: Inputs, npz_name: str | None) -> tuple[list[str], bytes | None]:
+    """The script lines that define INPUTS, and the .npz of the large ones to write beside the script (None: all inline)."""
+    return arrays_source("INPUTS", inputs, npz_name)
+
+
+def expected_arrays(case: Case, inputs: Inputs, target: Any, keys: list[str]
+                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """bncheck's expected values and bounds of `keys` (those the reference has) under the target's declared
+    conventions, as its verdicts use them: the reference where the output format holds it (compare.pattern_reference),
+    each bound in the shape it broadcasts from."""
+    from .compare import pattern_reference
+    from .judging import expected_values
+    from .reference import quantity_of
+    from .tolerance import output_dtype
+
+    expected = expected_values(case, inputs).for_conventions(target.conventions)
+    declared = target.conventions.running_var
+    ref, bounds = expected.references[declared].values, expected.bounds[declared]
+    values, bound = {}, {}
+    for k in keys:
+        if k in ref:
+            values[k] = pattern_reference(np.asarray(ref[k], dtype=np.float64), output_dtype(case, quantity_of(k)))
+            bound[k] = np.asarray(bounds[k], dtype=np.float64)
+    return values, bound
+
+
+def _conventions_line(target: Any) -> str:
+    """The declared conventions the expected values follow, in one line."""
+    cv = target.conventions
+    return (f"running variance {cv.running_var}, eps {cv.eps_placement}, momentum {cv.momentum}"
+            f" (the weight of the {'new batch statistic' if str(cv.momentum) == 'new' else 'running value'})")
+
+
+def render(case: Case, inputs: Inputs, target: Any, keys: list[str], title: str, diagnosis: str,
+           manifest: dict[str, Any], npz_name: str | None = None, shown: list[str] | None = None) -> str:
     """The text of a standalone reproduction script for `target` on `case` (see render_files for large inputs)."""
-    return render_files(case, inputs, target, keys, title, expectation, manifest, npz_name)[0]
+    return render_files(case, inputs, target, keys, title, diagnosis, manifest, npz_name, shown)[0]
 
 
-def render_files(case: Case, inputs: Inputs, target: Any, keys: list[str], title: str, expectation: str,
-                 manifest: dict[str, Any], npz_name: str | None = None) -> tuple[str, bytes | None]:
-    """The script's text, and the bytes of the .npz of its inputs when they are too large to embed."""
+def render_files(case: Case, inputs: Inputs, target: Any, keys: list[str], title: str, diagnosis: str,
+                 manifest: dict[str, Any], npz_name: str | None = None, shown: list[str] | None = None
+                 ) -> tuple[str, bytes | None]:
+    """The script's text, and the bytes of the .npz beside it when its arrays are too large to embed.
+
+    `keys` are the finding's deviating quantities: the script exits 1 when one of them deviates. `shown` (default:
+    `keys`) are the quantities it prints, each with bncheck's expected value and bound embedded as data: those of
+    `keys` always, the others up to CONTEXT_ELEMENTS elements each."""
     source = target.repro_source()
-    inputs_lines, npz = inputs_source(inputs, npz_name)
+    shown = list(dict.fromkeys([*(shown or []), *keys])) if shown else list(keys)
+    values, bound = expected_arrays(case, inputs, target, shown)
+    keys = [k for k in keys if k in values]
+    # the other quantities are shown for context where they are small: each costs its expected values and bounds
+    shown = [k for k in shown if k in values and (k in keys or values[k].size <= CONTEXT_ELEMENTS)]
+    values, bound = {k: values[k] for k in shown}, {k: bound[k] for k in shown}
+    beside: dict[str, np.ndarray] = {}
+    sections = []
+    for name, arrays in (("INPUTS", inputs), ("EXPECTED", values), ("BOUND", bound)):
+        lines, npz = arrays_source(name, arrays, f"{npz_name}" if npz_name else None)
+        if npz is not None:  # one .npz beside the script holds every large array, its keys prefixed
+            lines = [*lines[:-1], f"{name}.update({{k.split('/', 1)[1]: v for k, v in _BESIDE.items() "
+                                  f"if k.startswith('{name}/')}})"]
+            with np.load(io.BytesIO(npz)) as z:
+                beside.update({f"{name}/{k}": z[k] for k in z.files})
+        sections.append(lines)
+    beside_lines = ([f"_BESIDE = dict(np.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), {npz_name!r})))"]
+                    if beside else [])
     env = {k: manifest.get(k) for k in ("python", "platform", "cpu", "numpy")}
     env["framework"] = manifest.get("frameworks", {}).get(target.framework, {}).get("version")
-    phases = list(case.phases)
+    from .targets import frameworks
+
+    record = frameworks().get(target.framework)
+    framework_env = dict(record.env) if record is not None else {}
+    from . import elementwise
+
     text = "\n".join([
         "#!/usr/bin/env python3",
         f'"""bncheck reproduction: {title}.',
         "",
         f"Target: {target.name} ({target.description}).",
         f"Needs only numpy and the framework. Environment where bncheck saw it: {json.dumps(env)}",
-        '"""',
-        "import base64",
-        "import io",
-        "import json",
-        "import os",
         "",
-        "import numpy as np",
+        "Exit status: 1 when the discrepancy reproduces (a quantity of KEYS beyond bncheck's bound), 0 when it does",
+        "not, 125 when the framework cannot run the case. Inside the framework's checkout, `git bisect run python",
+        'THIS_SCRIPT` finds the commit that introduced (or, with the terms swapped, fixed) it.',
+        '"""',
+        f"FRAMEWORK_ENV = {framework_env!r}",
+        PREAMBLE_SOURCE.strip(),
         "",
         f"TITLE = {title!r}",
-        f"EXPECTATION = {expectation!r}",
+        f"DIAGNOSIS = {diagnosis!r}",
+        f"CONVENTIONS = {_conventions_line(target)!r}",
         f"CASE = json.loads({case.canonical_json()!r})",
-        f"PHASES = {phases!r}",
-        f"KEYS = {keys!r}",
-        f"RUNNING_VAR = {str(target.conventions.running_var)!r}  # the target's documented running-variance convention",
+        f"PHASES = {list(case.phases)!r}",
+        f"KEYS = {keys!r}  # the finding's quantities: the exit status says whether one of them deviates",
+        f"SHOWN = {shown!r}",
         f"DEVICE = {target.device!r}",
-        *inputs_lines,
+        *beside_lines,
+        *sections[0],
+        "# bncheck's expected values (float64) and error bounds, computed by bncheck's reference (bncheck/reference.py,",
+        "# bncheck/tolerance.py) for this case under the target's declared conventions",
+        *sections[1],
+        *sections[2],
         "",
         "# ---- the framework path under test ----",
         textwrap.dedent(source).strip(),
         "",
-        "# ---- independent float64 reference ----",
-        REFERENCE_SOURCE.strip(),
+        "# ---- elementwise.py, verbatim (bncheck/elementwise.py): how bncheck judges each element ----",
+        inspect.getsource(elementwise).strip(),
         "",
         MAIN_SOURCE.strip(),
         "",
     ])
-    return text, npz
+    return text, (npz_bytes(beside) if beside else None)
 
 
 def write_repro(path: Path, case: Case, inputs: Inputs, target: Any, keys: list[str], title: str,
-                expectation: str, manifest: dict[str, Any]) -> Path | None:
-    """Write the script, and its inputs beside it as PATH.inputs.npz when they are too large to embed (None when the
-    target has no repro_source)."""
+                diagnosis: str, manifest: dict[str, Any], shown: list[str] | None = None) -> Path | None:
+    """Write the script, and its large arrays beside it as PATH.inputs.npz when they are too large to embed (None when
+    the target has no repro_source)."""
     if not hasattr(target, "repro_source"):
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     npz_path = path.with_name(path.stem + ".inputs.npz")
-    text, npz = render_files(case, inputs, target, keys, title, expectation, manifest, npz_path.name)
+    text, npz = render_files(case, inputs, target, keys, title, diagnosis, manifest, npz_path.name, shown)
     if npz is not None:
         write_atomic(npz_path, npz)
     else:
@@ -211,16 +337,17 @@ def write_finding_repros(doc: dict[str, Any], out_dir: Path, targets: dict[str, 
             # its bound (and, for the large cases where outliers show, embed megabytes of inputs for nothing)
             f["repro"] = None
             continue
-        if f.get("shrink", {}).get("reduced"):
-            keys = f["shrink"]["deviating"]
+        execution = next((e for e in doc["executions"] if e["case_id"] == f["minimal_case"]
+                          and e["target"] == f["target"]), None)
+        if (f.get("shrink") or {}).get("reduced"):
+            keys, shown = f["shrink"]["deviating"], list(f["shrink"].get("checked") or [])
         else:
-            execution = next(e for e in doc["executions"] if e["case_id"] == f["minimal_case"] and e["target"] == f["target"])
-            keys = [d["key"] for d in execution["deviations"]]
+            assert execution is not None, f"finding {f['signature']}: no execution of its minimal case"
+            keys, shown = [d["key"] for d in execution["deviations"]], list(execution.get("checked") or [])
         title = f"{f['target']}: {f['worst']['first'].split('.', 1)[1]} deviates ({f['hypothesis']}, {f['classification']}) on {case.describe()}"
-        expectation = (f"{f['explanation']}; bncheck judged these quantities outside their rounding-error bounds: "
-                       + ", ".join(keys))
         path = out_dir / "repro" / f"{f['signature']}.py"
-        if write_repro(path, case, make_inputs(case), target, keys, title, expectation, doc["run"]["manifest"]):
+        if write_repro(path, case, make_inputs(case), target, keys, title, f["explanation"], doc["run"]["manifest"],
+                       shown):
             f["repro"] = str(path.relative_to(out_dir))
             written += 1
         else:

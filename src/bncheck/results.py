@@ -9,8 +9,9 @@ Non-finite floats have one encoding, here: JSON has no literal for them, so `jso
 as the strings "inf", "-inf" and "nan", and `parse_float` reads them back. Every module that writes such a value
 into a document calls `json_float`.
 
-Nested records whose shape belongs to the module that makes them stay plain JSON objects here, documented by the
-schema: a finding's `worst` case (report/results.py), verdicts (compare.Verdict.to_dict), diagnoses
+What a finding's page states about its worst case is typed here (`FirstDeviation`, `Alternative`: the page, the
+markdown issue bodies and the charts read every number from them). Nested records whose shape belongs to the module
+that makes them stay plain JSON objects here, documented by the schema: a finding's `worst` case (report/results.py), verdicts (compare.Verdict.to_dict), diagnoses
 (diagnose.Diagnosis.to_dict), conventions (targets.base.Conventions.to_dict) and the run's manifest.
 """
 
@@ -141,6 +142,62 @@ class Execution:
 
 
 @dataclass
+class FirstDeviation:
+    """The numbers a finding's page states about its worst case, each computed once (report/results.py
+    `first_deviation`) from the worst execution's verdicts and diagnosis: the headline, the tables and the charts
+    read them from here, so they cannot disagree."""
+
+    key: str  # the first deviating quantity of the worst case ('<phase>.<quantity>')
+    ratio: JsonFloat  # its largest error / bound, over every element
+    nonfinite_mismatch: int  # its elements of another NaN/Inf pattern than the reference's
+    case_key: str  # the worst case's quantity of largest error / bound, over every deviating quantity
+    case_ratio: JsonFloat  # that ratio (the finding's worst.ratio)
+    case_nonfinite_mismatch: int  # NaN/Inf mismatches over every deviating quantity of the worst case
+    channel_ratios: list[JsonFloat]  # error / bound of `key` per channel (the first 64: compare.MAX_CHANNEL_VALUES)
+    channel: int | None  # the channel of largest error / bound of `key` (None: beyond the recorded channels)
+    channel_ratio: JsonFloat | None  # its error / bound (equal to `ratio` when `channel` is not None)
+    mean_over_std: JsonFloat | None  # |mean| / std of that channel's batch in the phase of `key`
+    eps_over_var: JsonFloat | None  # eps / var of that channel
+    gamma: JsonFloat | None  # gamma of that channel
+    channel_mean_over_std: list[JsonFloat] = field(default_factory=list)  # |mean| / std of every recorded channel
+    relative_channel: int | None = None  # the deviating channel of largest relative error (diagnose._conditioning)
+    relative_error: JsonFloat | None = None  # that relative error
+    rank_correlation: float | None = None  # rank correlation of relative error with |mean| / std over channels
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object."""
+        return _encode(self)
+
+    @classmethod
+    def from_json(cls, d: Any, where: str = "results: findings[].first_deviation", strict: bool = False) -> "FirstDeviation":
+        """Parse and check the required fields."""
+        return cls(**_check(cls, d, where, strict))
+
+
+@dataclass
+class Alternative:
+    """A hypothesis tried on the worst case and not chosen, with the rule that decided against it
+    (diagnose.WHY_NOT: does-not-explain, range-first, fewer-quantities, formula-first, closer-formula,
+    documented-first, looser-bound, more-unconstrained, closer-model)."""
+
+    hypothesis: str
+    kind: str  # formula | precision | range
+    residual: JsonFloat | None  # worst error / bound of the deviating quantities it models, under it
+    explains: bool  # residual <= 1
+    rule: str  # a diagnose.WHY_NOT key
+    reason: str  # that rule in words
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object."""
+        return _encode(self)
+
+    @classmethod
+    def from_json(cls, d: Any, where: str = "results: findings[].alternatives[]", strict: bool = False) -> "Alternative":
+        """Parse and check the required fields."""
+        return cls(**_check(cls, d, where, strict))
+
+
+@dataclass
 class Finding:
     """Deviating executions of one root-cause signature (target family, first quantity, hypothesis, regime)."""
 
@@ -167,10 +224,14 @@ class Finding:
     shrink: dict[str, Any] | None = field(default=None, metadata=OPTIONAL)  # attempts, reduced, from_case, skipped
     repro: str | None = None  # repro/<signature>.py, relative to the output folder
     case_file: str | None = field(default=None, metadata=OPTIONAL)  # findings/<signature>/case.json
+    first_deviation: FirstDeviation | None = field(default=None, metadata=OPTIONAL)  # the page's numbers
+    alternatives: list[Alternative] = field(default_factory=list)  # not chosen, and why (worst case)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object."""
-        return _encode(self)
+        d = _encode(self)
+        d["alternatives"] = [a.to_json() if isinstance(a, Alternative) else a for a in self.alternatives]
+        return d
 
     @classmethod
     def from_json(cls, d: Any, where: str = "results: findings[]", strict: bool = False) -> "Finding":
@@ -180,6 +241,10 @@ class Finding:
             raise ResultsError(f"{where}: \"signature\" must be a non-empty string")
         if not isinstance(got["worst"], dict):
             raise ResultsError(f"{where}: \"worst\" must be an object")
+        if got.get("first_deviation") is not None and not isinstance(got["first_deviation"], FirstDeviation):
+            got["first_deviation"] = FirstDeviation.from_json(got["first_deviation"], f"{where}.first_deviation", strict)
+        got["alternatives"] = [a if isinstance(a, Alternative) else Alternative.from_json(a, f"{where}.alternatives[{i}]", strict)
+                               for i, a in enumerate(got.get("alternatives") or [])]
         return cls(**got)
 
 

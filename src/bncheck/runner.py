@@ -23,6 +23,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -610,12 +611,12 @@ def execute(
 
 
 def shrink_in_parallel(doc: dict[str, Any], discovery: Discovery, timeout: float, budget: int, limit: int = 50,
-                       seconds: float = 90.0, cancel: threading.Event | None = None,
+                       seconds: float = 90.0, cancel: threading.Event | None = None, data_dir: Path | None = None,
                        lanes: list[_Lane] | None = None) -> None:
     """shrink.shrink_findings on the first `limit` findings, one thread per lane, so that frameworks shrink at the same time."""
     # the lanes are those of plan_lanes (or `lanes`, the Ray executor's); each keeps shrink_findings' time limit of
     # `seconds`; once `cancel` is set, no lane starts another execution
-    from .shrink import shrink_findings
+    from .shrink import not_shrunk, shrink_findings
 
     top = doc["findings"][:limit]
     by_name = {t.name: t for t in discovery.runnable}
@@ -626,6 +627,10 @@ def shrink_in_parallel(doc: dict[str, Any], discovery: Discovery, timeout: float
         mine = [f for f in top if f["target"] in names]
         if mine:
             jobs.append((lane, mine))
+    laned = {t.name for lane in lanes for t in lane.targets}
+    for f in top:  # a finding of a target that no lane runs now is not shrunk for that reason (not the cap)
+        if f["target"] not in laned:
+            f["shrink"] = not_shrunk("target-unavailable", f["minimal_case"])
 
     def work(lane: _Lane, findings: list[dict[str, Any]]) -> None:
         """Shrink one lane's findings with its worker."""
@@ -633,13 +638,13 @@ def shrink_in_parallel(doc: dict[str, Any], discovery: Discovery, timeout: float
             if lane.fresh:
                 lane.worker.start()
                 _warm(lane.worker)
-            part = {"findings": findings, "cases": doc["cases"]}  # the findings are shrunk in place
+            # the findings are shrunk in place; the executions give the worst channel of a data-backed case
+            part = {"findings": findings, "cases": doc["cases"], "executions": doc.get("executions", [])}
             shrink_findings(part, by_name, {lane.worker.framework: lane.worker}, timeout, budget=budget,
-                            limit=len(findings), seconds=seconds, cancel=cancel)
+                            limit=len(findings), seconds=seconds, cancel=cancel, data_dir=data_dir)
         except Exception as e:  # shrinking is an extra: a failure leaves the findings as they were, and says so
             for f in findings:
-                f.setdefault("shrink", {"attempts": 0, "reduced": False, "from_case": f["minimal_case"],
-                                        "skipped": f"shrinking failed: {type(e).__name__}: {e}"})
+                f.setdefault("shrink", not_shrunk("failed", f["minimal_case"], error=f"{type(e).__name__}: {e}"))
 
     threads = [threading.Thread(target=work, args=job, daemon=True, name="bncheck-shrink") for job in jobs]
     try:

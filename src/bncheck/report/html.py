@@ -25,7 +25,7 @@ from . import svg
 from ..files import write_atomic
 from .paths import framework_group, matrix_order, source_target
 from ..results import json_float
-from .results import plugin_args, root_causes
+from .results import first_deviation, plugin_args, root_causes
 
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("bncheck", "report/templates"),
@@ -36,7 +36,7 @@ _env = jinja2.Environment(
 )
 
 FINDINGS_DIR = "findings"
-MAX_CONDITIONING_ELEMENTS = 1_000_000  # inputs drawn at render time for the error-vs-conditioning chart
+MAX_CONDITIONING_ELEMENTS = 1_000_000  # inputs drawn at render time for a trajectory chart's initial statistics
 MAX_INLINE_REPRO = 256 * 1024  # bytes of a reproduction script shown inline on its finding page
 MAX_PROBLEMS_LISTED = 200  # errors, crashes and timeouts with their stderr on index.html
 MAX_CASES_LISTED = 60  # cases of one finding listed on its page
@@ -263,7 +263,7 @@ def render_index(doc: dict[str, Any]) -> str:
         refused=_unsupported(doc, "refused"), peers=doc["summary"].get("peers"),
         executions_json=_executions_json(doc), frameworks=_frameworks(manifest), host=_host(manifest),
         manifest_json=json.dumps(manifest, indent=1, default=str), severity=SEVERITY, severity_label=SEVERITY_LABEL,
-        style=_env.get_template("style.css").render(), root="",
+        style=_env.get_template("style.css").render(), root="", hyp_page=_catalogue_page,
     )
 
 
@@ -288,21 +288,6 @@ def _inputs(case) -> dict[str, Any] | None:
         return make_inputs(case)
     except Exception:  # noqa: BLE001 - e.g. a data file that is no longer there
         return None
-
-
-def _channel_offsets(case, inputs: dict[str, Any] | None, phase: str) -> list[float] | None:
-    """Per channel |mean| / std of the phase's batch (float64 over the rounded inputs)."""
-    import numpy as np
-
-    if inputs is None or f"{phase}.x" not in inputs:
-        return None
-    x = np.asarray(inputs[f"{phase}.x"], dtype=np.float64)
-    x = np.moveaxis(x, case.channel_axis, 0).reshape(case.channels, -1)
-    with np.errstate(all="ignore"):
-        mean = x.mean(axis=1)
-        std = x.std(axis=1)
-        off = np.abs(mean) / std
-    return [float(v) for v in off]
 
 
 def _verdict_order(case, key: str) -> tuple[int, int, str]:
@@ -379,36 +364,28 @@ def _finding_context(doc: dict[str, Any], f: dict[str, Any], out_dir: Path | Non
     first = next((v for v in verdicts if v["key"] == w["first"]), None)
     inputs = _inputs(case)
     charts: dict[str, Any] = {}
-    # per-channel error of the first deviating quantity
-    cr = (first or {}).get("channel_ratios") or []
+    # every number the page states about the worst case comes from this one record (results.FirstDeviation)
+    fd = f.get("first_deviation") or first_deviation(w)
+    cr = fd["channel_ratios"]
     if cr:
         charts["channels"] = svg.bar_chart(cr, labels=[str(i) for i in range(len(cr))], log=True, bound=1.0,
-                                           title=f"{w['first']}: worst error / bound per channel",
-                                           xlabel="channel", ylabel="error / bound (log)", kind="channel-errors")
-    # error versus conditioning
-    cond = w.get("conditioning") or {}
-    phase = w["first"].split(".")[0]
-    offsets = _channel_offsets(case, inputs, phase) if cr else None
+                                           title=f"{fd['key']}: worst error / bound per channel",
+                                           xlabel="channel", ylabel="error / bound (log)", kind="channel-errors",
+                                           highlight=[fd["channel"]] if fd["channel"] is not None else [])
+    # error versus conditioning: the recorded |mean| / std of every channel, the worst channel ringed
+    offsets = [svg.num(x) for x in fd.get("channel_mean_over_std") or []]
+    phase = fd["key"].split(".")[0]
     cond_note = ""
-    if offsets is not None:
+    if cr and offsets:
         pts = [(offsets[c], cr[c], f"channel {c}") for c in range(min(len(cr), len(offsets)))]
-        hi = [cond["worst_channel"]] if isinstance(cond.get("worst_channel"), int) else []
+        hi = [fd["channel"]] if fd["channel"] is not None and fd["channel"] < len(pts) else []
         charts["conditioning"] = svg.scatter_chart(
-            pts, title=f"{w['first']}: error / bound against |mean| / std per channel", xlabel="|mean| / std of the "
+            pts, title=f"{fd['key']}: error / bound against |mean| / std per channel", xlabel="|mean| / std of the "
             f"{phase} batch (log)", ylabel="error / bound (log)", highlight=hi, kind="conditioning")
         skipped = [c for c in range(len(pts)) if not (math.isfinite(offsets[c]) and offsets[c] > 0)]
         if skipped:
             cond_note = (f"Not drawn (|mean|/std zero, infinite or undefined): channel{'s' if len(skipped) > 1 else ''} "
                          + ", ".join(map(str, skipped[:16])) + (" ..." if len(skipped) > 16 else "") + ".")
-    elif cr and cond.get("mean_over_std") is not None:
-        wc = cond.get("worst_channel", 0)
-        wc = wc if isinstance(wc, int) and wc < len(cr) else 0
-        charts["conditioning"] = svg.scatter_chart(
-            [(cond["mean_over_std"], cr[wc], f"channel {wc}")],
-            title=f"{w['first']}: error / bound against |mean| / std (worst channel only)",
-            xlabel="|mean| / std (log)", ylabel="error / bound (log)", highlight=[0], kind="conditioning")
-        cond_note = ("Only the worst channel's conditioning is recorded in the results, and this case is too large "
-                     "(or its inputs unavailable) to recompute the others at render time.")
     # which quantities deviate on which channels
     hm_rows = [v for v in verdicts if v.get("channel_ratios")]
     if hm_rows:
@@ -421,7 +398,7 @@ def _finding_context(doc: dict[str, Any], f: dict[str, Any], out_dir: Path | Non
     stats_table = None
     if first and first.get("observed") and first.get("expected"):
         stats_table = list(zip(range(len(first["observed"])), first["observed"], first["expected"],
-                               first.get("channel_ratios") or [None] * len(first["observed"])))
+                               cr or [None] * len(first["observed"])))
     repro_text, repro_size = None, None
     if f.get("repro") and out_dir is not None:
         p = out_dir / f["repro"]
@@ -435,11 +412,13 @@ def _finding_context(doc: dict[str, Any], f: dict[str, Any], out_dir: Path | Non
     canon = lambda d: {k: d[k] for k in CASE_FIELDS if k in d} if d else None  # noqa: E731
     tinfo = next((t for t in doc["targets"] if t["name"] == f["target"]), None)
     manifest = doc["run"].get("manifest") or {}
-    alternatives = [{"name": a[0], "residual": a[1]} for a in (w.get("alternatives") or []) if isinstance(a, (list, tuple)) and a]
+    alternatives = list(f.get("alternatives") or []) or [  # a document written before the rules were recorded
+        {"hypothesis": a[0], "residual": a[1], "explains": svg.num(a[1]) <= 1, "kind": "", "rule": "", "reason": ""}
+        for a in (w.get("alternatives") or []) if isinstance(a, (list, tuple)) and a]
     replay_args = f" --out {shlex.quote(_replay_out(doc['run'].get('command', '')))}{plugin_args(doc)}"  # both replays'
     return {
-        "f": f, "w": w, "case": case_d, "first": first, "verdicts": verdicts, "charts": charts, "cond": cond,
-        "cond_note": cond_note, "cond_recomputed": offsets is not None, "trajectory": trajectory,
+        "f": f, "w": w, "fd": fd, "case": case_d, "first": first, "verdicts": verdicts, "charts": charts,
+        "cond_note": cond_note, "trajectory": trajectory,
         "stats_table": stats_table, "alternatives": alternatives,
         "minimal": minimal_d, "minimal_json": json.dumps(canon(minimal_d), separators=(", ", ": ")) if minimal_d else None,
         "worst_json": json.dumps(canon(case_d), separators=(", ", ": ")) if case_d else None,
@@ -454,6 +433,53 @@ def _finding_context(doc: dict[str, Any], f: dict[str, Any], out_dir: Path | Non
     }
 
 
+HYPOTHESES_DIR = "hypotheses"
+
+
+def _catalogue_page(name: str) -> str:
+    from .. import catalogue
+
+    return catalogue.page_name(name)
+
+
+def hypothesis_href(name: str, root: str = "../") -> str:
+    """The link from a page `root` below the report's top to the page of hypothesis or class `name`."""
+    from .. import catalogue
+
+    return f"{root}{HYPOTHESES_DIR}/{catalogue.page_name(name)}"
+
+
+def _hypothesis_pages(doc: dict[str, Any]) -> dict[str, str]:
+    """hypotheses/<name>.html for every hypothesis and class of the catalogue, and for any other hypothesis a finding
+    names (a plugin's), plus hypotheses/index.html: file name -> text."""
+    from .. import catalogue
+    from ..diagnose import WHY_NOT
+
+    rows = _finding_rows(doc)
+    for r in rows:
+        r["hyp_page"] = catalogue.page_name(r["f"]["hypothesis"])
+        r["class_page"] = catalogue.page_name(r["f"]["classification"])
+    known = [*catalogue.entries(), *catalogue.classes()]
+    names = {e.name for e in known}
+    for f in doc["findings"]:  # a hypothesis the catalogue does not know still gets its page
+        if f["hypothesis"] not in names:
+            names.add(f["hypothesis"])
+            known.append(catalogue.Entry(f["hypothesis"], "unknown", f.get("explanation", ""),
+                                         "not described by this bncheck's catalogue", "-"))
+    style = _env.get_template("style.css").render()
+    page = _env.get_template("hypothesis.html")
+    counts = Counter(f["hypothesis"] for f in doc["findings"]) + Counter(f["classification"] for f in doc["findings"])
+    out = {}
+    for e in known:
+        mine = [r for r in rows if (r["f"]["classification"] if e.kind == "class" else r["f"]["hypothesis"]) == e.name]
+        out[catalogue.page_name(e.name)] = page.render(doc=doc, e=e, rows=mine, rules=list(WHY_NOT.items()),
+                                                       style=style, root="../")
+    out["index.html"] = _env.get_template("hypotheses.html").render(
+        doc=doc, classes=catalogue.classes(), hypotheses=[e for e in known if e.kind != "class"],
+        rules=list(WHY_NOT.items()), counts=counts, page=catalogue.page_name, style=style, root="../")
+    return out
+
+
 def render_finding(doc: dict[str, Any], index: int, out_dir: Path | None = None) -> str:
     """findings/<signature>.html as text."""
     fs = doc["findings"]
@@ -463,7 +489,9 @@ def render_finding(doc: dict[str, Any], index: int, out_dir: Path | None = None)
            "next": page_name(fs[index + 1]['signature']) if index + 1 < len(fs) else None,
            "n": index + 1, "of": len(fs)}
     return _env.get_template("finding.html").render(
-        doc=doc, nav=nav, style=_env.get_template("style.css").render(), root="../", **ctx)
+        doc=doc, nav=nav, style=_env.get_template("style.css").render(), root="../",
+        hyp_href=hypothesis_href(f["hypothesis"]), class_href=hypothesis_href(f["classification"]),
+        rules_href=f"../{HYPOTHESES_DIR}/index.html#choosing", **ctx)
 
 
 def render_html(doc: dict[str, Any]) -> str:
@@ -487,4 +515,12 @@ def write_html(doc: dict[str, Any], path: Path) -> None:
         for old in fdir.glob("*.html"):
             if old.name not in wanted:
                 old.unlink(missing_ok=True)
+    hdir = out_dir / HYPOTHESES_DIR
+    pages = _hypothesis_pages(doc)
+    hdir.mkdir(parents=True, exist_ok=True)
+    for name, text in pages.items():
+        write_atomic(hdir / name, text)
+    for old in hdir.glob("*.html"):
+        if old.name not in pages:
+            old.unlink(missing_ok=True)
     write_atomic(path, render_index(doc))

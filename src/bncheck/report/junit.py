@@ -97,8 +97,12 @@ def _failure_body(execution: dict[str, Any], case: dict[str, Any] | None, out_di
     if diag:
         lines.append(f"diagnosis: first deviating {diag.get('first')}; hypothesis {diag.get('hypothesis')} "
                      f"({diag.get('classification')}): {diag.get('explanation', '')}; signature {diag.get('signature', '')}")
+        why = diag.get("why_not") or []
         alts = diag.get("alternatives") or []
-        if alts:
+        if why:  # each with the rule that decided against it (diagnose.WHY_NOT)
+            lines.append("alternatives (residual, why not chosen): " + "; ".join(
+                f"{w['hypothesis']} {_fmt(_ratio(w['residual']))} ({w['rule']})" for w in why))
+        elif alts:
             lines.append("alternatives (residual): " + ", ".join(f"{n} {_fmt(_ratio(r))}" for n, r in alts))
     lines.append(f"replay: {replay_command(execution, out_dir, plugins)}")
     if signature:

@@ -14,7 +14,7 @@ from ..cases import case_from_dict
 from .. import peers
 from ..files import write_atomic
 from ..severity import SEVERITIES, worst_severity
-from ..results import STATUSES, Cause, Execution, Finding, Results, Run, json_float
+from ..results import STATUSES, Cause, Execution, Finding, Results, Run, json_float, parse_float
 from ..store import Store
 from .paths import annotate_conversions, path_fields
 
@@ -78,9 +78,11 @@ def build_findings(executions: list[dict[str, Any]], cases: dict[str, dict[str, 
             g["classification"] = diag["classification"]  # a same-format peer passed one of its cases
         g["count"] += 1
         g["cases"].append(e["case_id"])
+        g.setdefault("_members", []).append((e["case_id"], diag["mode"]))
         g["channels"].update(diag["channels"])
         if g["worst"] is None or ratio > g["worst"]["ratio"]:
             g["mode"] = diag["mode"]  # the mode of the worst case (a signature may span modes)
+            g["alternatives"] = list(diag.get("why_not") or [])
             peers = outcome.get(e["case_id"], {})
             g["worst"] = {"case_id": e["case_id"], "ratio": ratio, "residual": diag["residual"],
                           "nonfinite_mismatch": sum(int(v.get("nonfinite_mismatch") or 0) for v in e["deviations"]),
@@ -90,16 +92,69 @@ def build_findings(executions: list[dict[str, Any]], cases: dict[str, dict[str, 
                           "deviating_targets": sorted(t for t, bad in peers.items() if bad),
                           "verdicts": [{k: x for k, x in v.items() if k not in ("ratio_value", "diagnosis")}
                                        for v in (all_verdicts or {}).get((e["case_id"], e["target"]), e["deviations"])]}
-        size = lambda cid: math.prod(cases[cid]["shape"]) * (cases[cid]["steps"] + 1)  # noqa: E731
-        if g["minimal_case"] is None or size(e["case_id"]) < size(g["minimal_case"]):
-            g["minimal_case"] = e["case_id"]
     out = []
     for g in sorted(groups.values(), key=finding_order):
+        g["minimal_case"] = minimal_member(g.pop("_members"), g["worst"]["case_id"], g["mode"], cases)
         g["channels"] = sorted(g["channels"])
         if not math.isfinite(g["worst"]["ratio"]):
             g["worst"]["ratio"] = json_float(g["worst"]["ratio"])
         out.append(g)
     return out
+
+
+def minimal_member(members: list[tuple[str, str]], worst: str, mode: str, cases: dict[str, dict[str, Any]]) -> str:
+    """The smallest case of a finding that keeps the worst case's profile (shrink.FindingProfile: the mode of its
+    first deviation, training, statistics, layout, rank, dtypes): a signature spans modes and dtypes, its minimal
+    case does not (a training finding is never reproduced by an eval-only or a float64 case of the same signature)."""
+    from ..shrink import finding_profile
+
+    want = finding_profile(cases[worst], mode)
+    size = lambda cid: math.prod(cases[cid]["shape"]) * (cases[cid]["steps"] + 1)  # noqa: E731
+    same = [cid for cid, m in members if finding_profile(cases[cid], m) == want]
+    return min(same, key=size)  # the worst case itself is one of them
+
+
+def _value(x: Any) -> float:
+    """A document's number (or "inf"/"-inf"/"nan") as a float for ranking: NaN (a NaN/Inf mismatch) ranks as +inf."""
+    try:
+        v = parse_float(x)
+    except ValueError:
+        return math.nan
+    return math.inf if math.isnan(v) else v
+
+
+def first_deviation(worst: dict[str, Any]) -> dict[str, Any]:
+    """The numbers a finding's page states (results.FirstDeviation), read from its worst case's verdicts and
+    diagnosis: the first deviating quantity's ratio, its channel of largest error / bound and that channel's
+    conditioning, and the case's worst quantity."""
+    verdicts = {v["key"]: v for v in worst.get("verdicts") or []}
+    key = worst["first"]
+    fv = verdicts.get(key) or {}
+    cr = list(fv.get("channel_ratios") or [])
+    cond = worst.get("conditioning") or {}
+    ratio = fv.get("ratio", worst["ratio"])
+    channel = None
+    if cr:
+        vals = [_value(r) for r in cr]
+        best = max(range(len(vals)), key=lambda c: (vals[c], -c))
+        if vals[best] >= _value(ratio):  # else the worst channel lies beyond the recorded ones
+            channel = best
+
+    def at(name: str) -> Any:
+        arr = cond.get(name) or []
+        return arr[channel] if channel is not None and channel < len(arr) else None
+
+    deviating = [k for k in worst.get("deviating") or [] if k in verdicts] or [key]
+    case_key = max(deviating, key=lambda k: (_value(verdicts[k]["ratio"]) if k in verdicts else -1.0,
+                                             -deviating.index(k)))
+    return {"key": key, "ratio": ratio, "nonfinite_mismatch": int(fv.get("nonfinite_mismatch") or 0),
+            "case_key": case_key, "case_ratio": worst["ratio"],
+            "case_nonfinite_mismatch": int(worst.get("nonfinite_mismatch") or 0),
+            "channel_ratios": cr, "channel": channel, "channel_ratio": cr[channel] if channel is not None else None,
+            "mean_over_std": at("channel_mean_over_std"), "eps_over_var": at("channel_eps_over_var"),
+            "gamma": at("channel_gamma"), "channel_mean_over_std": list(cond.get("channel_mean_over_std") or []),
+            "relative_channel": cond.get("worst_channel"), "relative_error": cond.get("relative_error"),
+            "rank_correlation": cond.get("error_vs_offset_rank_correlation")}
 
 
 CLASS_ORDER = ("suspected-bug", "precision", "precision-outlier", "out-of-range", "convention")
@@ -183,6 +238,8 @@ def build_results(store: Store, run_id: str) -> dict[str, Any]:
         outlier_keys.setdefault((o["case_id"], o["target"]), []).append(o["key"])
     for e in out_execs:
         e["peer_outliers"] = outlier_keys.get((e["case_id"], e["target"]), [])
+    for f in findings:
+        f["first_deviation"] = first_deviation(f["worst"])
     annotate_conversions(findings, out_execs, targets)
     for e in out_execs:
         for v in e["deviations"]:
@@ -200,7 +257,7 @@ def build_results(store: Store, run_id: str) -> dict[str, Any]:
                       for t, c in sorted(by_target.items())},
         "broken_targets": sorted(broken),
     }
-    typed = Results(Run(**run), summary, targets, [Finding(**f) for f in findings],
+    typed = Results(Run(**run), summary, targets, [Finding.from_json(f, strict=True) for f in findings],
                     [Cause(**c) for c in root_causes(findings)], cases, [Execution(**e) for e in out_execs])
     return typed.to_json()
 

@@ -210,8 +210,9 @@ def _marker(v: float, sy: Scale, floor_at: float | None) -> tuple[float, str]:
 # ---- charts ---------------------------------------------------------------------------------------
 def bar_chart(values: Sequence[Any], *, labels: Sequence[str] | None = None, title: str = "", xlabel: str = "",
               ylabel: str = "", log: bool = True, bound: float | None = 1.0, bound_label: str = "bound",
-              kind: str = "bars", width: int = 640, height: int = 260) -> str:
-    """One bar per value (e.g. error/bound per channel); bars above `bound` are red, the others green."""
+              kind: str = "bars", highlight: Sequence[int] = (), width: int = 640, height: int = 260) -> str:
+    """One bar per value (e.g. error/bound per channel); bars above `bound` are red, the others green; `highlight`
+    indexes get an outline (data-highlight names the index)."""
     vals = [num(v) for v in values]
     labels = list(labels) if labels is not None else [str(i) for i in range(len(vals))]
     legend = ([(f"over the {bound_label}", BAD, "box"), ("within", GOOD, "box"),
@@ -247,6 +248,10 @@ def bar_chart(values: Sequence[Any], *, labels: Sequence[str] | None = None, tit
             top, bottom = min(p, base), max(p, base)
             f.add(f'<rect x="{_t(cx - bw / 2)}" y="{_t(top)}" width="{_t(bw)}" height="{_t(max(bottom - top, 0.8))}" '
                   f'fill="{color}"><title>{escape(tip)}</title></rect>')
+        if i in highlight:
+            f.add(f'<rect class="highlight" data-highlight="{i}" x="{_t(cx - slot / 2 + 0.5)}" y="{f.y1}" '
+                  f'width="{_t(max(slot - 1, 1))}" height="{f.y0 - f.y1}" fill="none" stroke="{INK}" '
+                  f'stroke-width="1.2" stroke-dasharray="2 2"/>')
         if i % every == 0:
             f.text(cx, f.y0 + 13, labels[i], size=10, color=MUTED)
     f.text((f.x0 + f.x1) / 2, f.h - 8, xlabel, size=11, color=MUTED)
@@ -281,7 +286,8 @@ def scatter_chart(points: Sequence[tuple[Any, Any, str]], *, title: str = "", xl
         color = BAD if over else GOOD
         tip = f"{label}: x = {fmt(x)}, y = {fmt(y)}"
         if i in highlight:
-            f.add(f'<circle cx="{_t(px)}" cy="{_t(py)}" r="8" fill="none" stroke="{INK}" stroke-width="1.2"/>')
+            f.add(f'<circle class="highlight" data-highlight="{i}" cx="{_t(px)}" cy="{_t(py)}" r="8" fill="none" '
+                  f'stroke="{INK}" stroke-width="1.2"/>')
         if mark in ("inf", "nan"):
             f.add(f'<path d="M{_t(px - 4)},{_t(py + 7)} L{_t(px)},{_t(py + 1)} L{_t(px + 4)},{_t(py + 7)} Z" '
                   f'fill="{BAD}"><title>{escape(tip)}</title></path>')

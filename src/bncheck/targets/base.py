@@ -62,12 +62,15 @@ class Conventions:
     optional_quantities: tuple[str, ...] = ()  # observed only for some cases (never reported as missing)
     notes: str = ""
     sources: tuple[str, ...] = ()
+    # public upstream issues or pull requests about this path's BN (URLs): the markdown issue bodies cite them
+    upstream_issues: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name, enum in _TYPED.items():
             object.__setattr__(self, name, coerce(enum, getattr(self, name), name))
         object.__setattr__(self, "refusals", tuple(r if isinstance(r, Refusal) else Refusal(**r) for r in self.refusals))
-        for name in ("dtypes", "ranks", "layouts", "modes", "quantities", "optional_quantities", "sources"):
+        for name in ("dtypes", "ranks", "layouts", "modes", "quantities", "optional_quantities", "sources",
+                     "upstream_issues"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         unknown = sorted((set(self.quantities) | set(self.optional_quantities)) - set(QUANTITIES))
         if unknown:

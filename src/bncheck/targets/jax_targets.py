@@ -20,6 +20,8 @@ from .kernel import PathTarget
 _FLAX_LINEN_SRC = "flax/linen/normalization.py (flax 0.12.8)"
 _FLAX_NNX_SRC = "flax/nnx/nn/normalization.py (flax 0.12.8)"
 
+# the one-pass ("fast") variance going negative, then NaN after rsqrt; answered with the clip at 0
+_FLAX_NEGATIVE_VARIANCE = "https://github.com/google/flax/issues/1491"
 _LINEN_SOURCES = (
     f"{_FLAX_LINEN_SRC}: BatchNorm fields momentum=0.99, epsilon=1e-5, axis=-1, use_fast_variance=True, "
     "force_float32_reductions=True; running update ra = momentum * ra + (1 - momentum) * batch statistic",
@@ -110,11 +112,13 @@ LINEN_CONVENTIONS = Conventions(
     quantities=_FLAX_QUANTITIES,
     notes=_LINEN_ARITHMETIC + _LINEN_NOTES,
     sources=_LINEN_SOURCES,
+    upstream_issues=(_FLAX_NEGATIVE_VARIANCE,),
 )
 
 LINEN_TWO_PASS_CONVENTIONS = Conventions(**{
     **LINEN_CONVENTIONS.to_dict(),
     "variance_algorithm": VarianceAlgorithm.TWO_PASS,
+    "upstream_issues": (),  # the fast variance's issue is not this family's
     "notes": _LINEN_ARITHMETIC.replace("one-pass E[x^2]-E[x]^2 clipped at 0 (use_fast_variance=True, the default)",
                                        "two-pass mean((x - mean)^2) (use_fast_variance=False)") + _LINEN_NOTES +
              " This family sets use_fast_variance=False; everything else is the default.",
@@ -147,6 +151,7 @@ NNX_CONVENTIONS = Conventions(
           "statistic is (1 - momentum), formed in Python float64. XLA flushes subnormal float32 inputs to zero "
           "(measured: hazards suite, subnormal-inputs). " + _NNX_NOTES,
     sources=_NNX_SOURCES,
+    upstream_issues=(_FLAX_NEGATIVE_VARIANCE,),
 )
 
 JIT_CONVENTIONS = Conventions(

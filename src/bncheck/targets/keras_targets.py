@@ -202,6 +202,10 @@ TORCH_CONVENTIONS = _conventions(
     "|mean| >> std (and can go negative, giving NaN).",
     _TORCH_SOURCES,
 )
+# ops.nn.moments' fast one-pass variance (keras-core#866), and the numerical fix of the TF and JAX moments (#18795),
+# whose title names those two backends only
+TORCH_CONVENTIONS = replace(TORCH_CONVENTIONS, upstream_issues=(
+    "https://github.com/keras-team/keras-core/pull/866", "https://github.com/keras-team/keras/pull/18795"))
 
 
 class _KerasBase(PathTarget):
