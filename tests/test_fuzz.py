@@ -40,7 +40,7 @@ def plugin_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _options(**kw) -> fuzz.FuzzOptions:
     run = api.RunOptions(targets=TARGETS, plugins=(PLUGIN,), shrink=kw.pop("shrink", 0), shrink_time=10.0,
-                         repro=False)
+                         repro=False, jobs=kw.pop("jobs", None))
     return fuzz.FuzzOptions(run=run, **kw)
 
 
@@ -116,7 +116,8 @@ def test_campaign_keeps_one_execution_per_signature_and_its_results_feed_gate_an
                                                                                           plugin_env: None) -> None:
     """A 24-case campaign: each signature once, with its first case and that case's execution in full, counts for the
     rest; results.json is a strict results document that baseline and gate read; the same seed and case budget draw
-    the same campaign again; a second campaign in the same folder is refused."""
+    the same campaign again, also when two judge processes judge it; a second campaign in the same folder is
+    refused."""
     out = tmp_path / "c"
     r = fuzz.fuzz(_options(max_cases=24, seed=1, shrink=3), out=out)
     doc = json.loads((out / "results.json").read_text())
@@ -152,7 +153,7 @@ def test_campaign_keeps_one_execution_per_signature_and_its_results_feed_gate_an
     failed = decide(doc, fewer, Policy(), date.today())
     assert [i.signature for i in failed.new] == [base["accepted"][0]["signature"]] and not failed.passed
 
-    again = fuzz.fuzz(_options(max_cases=24, seed=1), out=tmp_path / "d")
+    again = fuzz.fuzz(_options(max_cases=24, seed=1, jobs=2), out=tmp_path / "d")
     assert _signatures(again.document) == _signatures(doc)
     with pytest.raises(api.InputError, match="--resume"):
         fuzz.fuzz(_options(max_cases=5), out=out)
@@ -162,7 +163,8 @@ def test_resume_extends_a_finished_campaign_to_its_new_total(tmp_path: Path, plu
     """A campaign resumed with a larger case budget runs only the cases beyond the old total, and ends as the campaign
     that had the larger budget from the start."""
     fuzz.fuzz(_options(max_cases=8, seed=4), out=tmp_path / "a")
-    r = fuzz.resume(tmp_path / "a", max_cases=24)
+    r = fuzz.resume(tmp_path / "a", max_cases=24, overrides={"jobs": 2})
+    assert fuzz.load_state(tmp_path / "a")["options"]["jobs"] == 2  # the session ran with two judge processes
     assert r.resumed and r.document["summary"]["cases"] == 24 and r.document["summary"]["fuzz"]["batches"] == 2
     whole = fuzz.fuzz(_options(max_cases=24, seed=4), out=tmp_path / "b")
     assert _signatures(r.document) == _signatures(whole.document)

@@ -421,11 +421,12 @@ def _fuzz_report(result: Any) -> None:
               help="Most cases in one batch (batches start at 8 and double).")
 @memory_option
 @repro_option
+@executor_option
 @plugin_option
 @click.pass_context
 def fuzz_cmd(ctx: click.Context, time_text: str | None, max_cases: int | None, seed: int, pattern: str | None, out: str,
              resume: bool, timeout: float, shrink: int, shrink_time: float, max_batch: int, memory_limit: float | None,
-             repro: bool, plugins: tuple[str, ...]) -> None:
+             repro: bool, executor: str, address: str | None, jobs: int | None, plugins: tuple[str, ...]) -> None:
     """Generate random cases (every regime and hazard) until the budget is spent; report each new root-cause
     signature with its first case, shrunk; steer toward the regimes that found new signatures recently."""
     from . import api, fuzz
@@ -436,6 +437,7 @@ def fuzz_cmd(ctx: click.Context, time_text: str | None, max_cases: int | None, s
             seconds = parse_duration(time_text)
         except ValueError:
             raise Failure(f"--time {time_text!r}: expected a duration such as 90s, 2m, 1h or 1h30m", EXIT_USAGE) from None
+    _executor_given(executor, address)
     log = lambda message: click.echo(message, err=True)  # noqa: E731
     try:
         if resume:
@@ -443,14 +445,16 @@ def fuzz_cmd(ctx: click.Context, time_text: str | None, max_cases: int | None, s
             if fixed:
                 name = {"pattern": "--targets", "max_batch": "--max-batch", "plugins": "--plugin"}.get(min(fixed), f"--{min(fixed)}")
                 raise Failure(f"--resume takes no {name} (the campaign keeps the ones it started with)", EXIT_USAGE)
-            given = _given(ctx, "timeout", "shrink", "shrink_time", "memory_limit", "repro")
+            given = _given(ctx, "timeout", "shrink", "shrink_time", "memory_limit", "repro", "executor", "address",
+                           "jobs")
             values = {"timeout": timeout, "shrink": shrink, "shrink_time": shrink_time, "memory_limit": memory_limit,
-                      "repro": repro}
+                      "repro": repro, "executor": executor, "address": address, "jobs": jobs}
             result = fuzz.resume(out, time_s=seconds, max_cases=max_cases,
                                  overrides={k: v for k, v in values.items() if k in given}, log=log)
         else:
             run = api.RunOptions(targets=pattern, timeout=timeout, shrink=shrink, shrink_time=shrink_time,
-                                 memory_limit=memory_limit, plugins=plugins, repro=repro)
+                                 memory_limit=memory_limit, plugins=plugins, repro=repro, executor=executor, jobs=jobs,
+                                 address=address)
             result = fuzz.fuzz(fuzz.FuzzOptions(time=seconds, max_cases=max_cases, seed=seed, max_batch=max_batch,
                                                 run=run), out=out, log=log)
     except api.BncheckError as e:

@@ -621,7 +621,7 @@ def fuzz(options: FuzzOptions, *, out: str | Path = "fuzz", log: api.Log = _quie
     return _session(out, options, _new_state(options, command), log, command, resumed=False)
 
 
-RESUMABLE = ("timeout", "shrink", "shrink_time", "memory_limit", "repro")
+RESUMABLE = ("timeout", "shrink", "shrink_time", "memory_limit", "repro", "executor", "address", "jobs")
 
 
 def resume(out: str | Path = "fuzz", *, time_s: float | None = None, max_cases: int | None = None,
@@ -629,7 +629,8 @@ def resume(out: str | Path = "fuzz", *, time_s: float | None = None, max_cases: 
     """Continue the campaign stored in OUT: its pending batch first, then more batches until its budget is spent.
 
     `time_s` and `max_cases`, when given, replace the campaign's totals (over all its sessions); `overrides` replaces
-    run options by name (timeout, shrink, shrink_time, memory_limit, repro); the seed and the targets stay."""
+    run options by name (timeout, shrink, shrink_time, memory_limit, repro, executor, address, jobs); the seed and the
+    targets stay."""
     out = Path(out)
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(RESUMABLE))
@@ -637,6 +638,8 @@ def resume(out: str | Path = "fuzz", *, time_s: float | None = None, max_cases: 
         raise api.InputError(f"fuzz --resume: option {unknown[0]!r} cannot change (options: {', '.join(RESUMABLE)})")
     state = load_state(out)
     o = state["options"]
+    if "executor" in overrides and "address" not in overrides:  # the cluster goes with the executor
+        o["address"] = None
     o.update(overrides)
     budget = state["budget"]
     if time_s is not None:
